@@ -1,0 +1,50 @@
+//! The middleware that stamps requests with the installation token.
+//!
+//! Owns: [`InstallationAuthLayer`] and its service [`InstallationAuth`]. It reads the token source and never
+//! mints, signs or retries; the token source mints and the retry policy (outside this layer) retries.
+//!
+//! Per request with a usable token, the layer does one `ArcSwap` load, one clone of a prebuilt, sensitive
+//! `HeaderValue`, and after the response one extension insert ([`InstallationTokenUsed`](crate::InstallationTokenUsed)).
+//! No lock, no formatting.
+//!
+//! - Requests to the installation's API origin (scheme, host, port) get `Authorization: Bearer <token>`.
+//! - Requests to any other origin pass through untouched: a token is only ever sent to the host it was minted
+//!   for, so a redirect to another host, followed by `FollowRedirect` outside this layer, carries no token.
+//! - A request that already has an `Authorization` header keeps it (for example an App JWT on an `/app` route).
+//! - A request without a host is refused with [`ErrorKind::InvalidRequest`](crate::ErrorKind::InvalidRequest).
+//! - When no usable token can be had, the request fails with the token source's [`Error`](crate::Error); it is
+//!   never sent without credentials.
+//!
+//! ```
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_github_app::{Installation, InstallationAuthLayer, InstallationTokenUsed, testing::FakeGitHub};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let github = FakeGitHub::start().await;
+//! let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+//!     .api_base(&github.api_base())
+//!     .build(github.client())?;
+//!
+//! let client = ServiceBuilder::new()
+//!     .layer(InstallationAuthLayer::new(installation))
+//!     .service(github.client());
+//!
+//! let request = Request::get(format!("{}/installation/repositories", github.api_base()))
+//!     .body(Full::<Bytes>::default())?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! assert!(response.extensions().get::<InstallationTokenUsed>().is_some());
+//! # Ok(())
+//! # }
+//! ```
+
+mod future;
+mod layer;
+mod service;
+
+pub use future::ResponseFuture;
+pub use layer::InstallationAuthLayer;
+pub use service::InstallationAuth;

@@ -1,0 +1,193 @@
+//! Installation tokens as the rest of the crate sees them: built once per mint, shared by `Arc`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::source::Shared;
+
+/// Everything known about one minted installation token. Built once per mint; requests share it.
+pub(crate) struct TokenEntry {
+    /// `Bearer <token>`, marked sensitive: what the hot path clones.
+    pub(crate) authorization: HeaderValue,
+    pub(crate) serial: u64,
+    pub(crate) installation_id: u64,
+    pub(crate) expires_at: SystemTime,
+    pub(crate) received_at: Instant,
+    /// When the token expires, on the local monotonic clock.
+    pub(crate) expires: Instant,
+    /// The hot path's only check: before this instant the token is handed to requests.
+    pub(crate) usable_until: Instant,
+    /// When the refresher replaces it.
+    pub(crate) refresh_at: Instant,
+    pub(crate) scoped: bool,
+    pub(crate) details: TokenDetails,
+    pub(crate) source: Weak<Shared>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(crate) struct TokenDetails {
+    #[serde(default)]
+    pub(crate) permissions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) repository_selection: Option<String>,
+    #[serde(default)]
+    pub(crate) repositories: Vec<Repository>,
+}
+
+impl TokenEntry {
+    pub(crate) fn is_valid_for(&self, now: Instant, validity: Duration) -> bool {
+        now + validity <= self.expires
+    }
+}
+
+/// A repository an installation token was limited to, as GitHub lists it in the token response.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Repository {
+    /// The repository's id.
+    pub id: u64,
+    /// Its name, without the owner.
+    pub name: String,
+    /// `owner/name`.
+    #[serde(default)]
+    pub full_name: String,
+}
+
+/// An installation access token (`ghs_…`) and what GitHub said about it.
+///
+/// `Debug` and `Display` never show the token; [`expose_secret`](Self::expose_secret) does, for handing it to
+/// `git` or a subprocess.
+#[derive(Clone)]
+pub struct InstallationToken {
+    pub(crate) entry: Arc<TokenEntry>,
+}
+
+impl InstallationToken {
+    /// The token itself. Keep it out of logs, URLs and error messages.
+    pub fn expose_secret(&self) -> &str {
+        // Checked to be visible ASCII when it was received.
+        self.entry.authorization.to_str().unwrap_or_default().trim_start_matches("Bearer ")
+    }
+
+    /// `Bearer <token>` as a header value marked sensitive.
+    pub fn authorization(&self) -> HeaderValue {
+        self.entry.authorization.clone()
+    }
+
+    /// The installation it authorizes.
+    pub fn installation_id(&self) -> u64 {
+        self.entry.installation_id
+    }
+
+    /// `expires_at` as GitHub sent it (GitHub's clock).
+    pub fn expires_at(&self) -> SystemTime {
+        self.entry.expires_at
+    }
+
+    /// How long it stays valid, measured on the local monotonic clock from GitHub's `expires_at` and `Date`.
+    pub fn remaining(&self) -> Duration {
+        self.entry.expires.saturating_duration_since(Instant::now())
+    }
+
+    /// How long ago it was received.
+    pub fn age(&self) -> Duration {
+        self.entry.received_at.elapsed()
+    }
+
+    /// The permissions GitHub granted, e.g. `{"contents": "read"}`.
+    pub fn permissions(&self) -> &BTreeMap<String, String> {
+        &self.entry.details.permissions
+    }
+
+    /// `all` or `selected`, when GitHub said.
+    pub fn repository_selection(&self) -> Option<&str> {
+        self.entry.details.repository_selection.as_deref()
+    }
+
+    /// The repositories it is limited to, when it was minted for a list of them.
+    pub fn repositories(&self) -> &[Repository] {
+        &self.entry.details.repositories
+    }
+
+    /// Whether it was minted for chosen repositories or permissions rather than the whole installation.
+    pub fn is_scoped(&self) -> bool {
+        self.entry.scoped
+    }
+
+    /// A number identifying this token within the process (not a secret; unique per mint).
+    pub fn serial(&self) -> u64 {
+        self.entry.serial
+    }
+}
+
+impl fmt::Debug for InstallationToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstallationToken")
+            .field("serial", &self.entry.serial)
+            .field("installation_id", &self.entry.installation_id)
+            .field("expires_at", &humantime::format_rfc3339_seconds(self.entry.expires_at))
+            .field("scoped", &self.entry.scoped)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Put into every response's extensions by [`InstallationAuth`](crate::InstallationAuth): which token the request
+/// carried and when it was minted, so a retry policy outside the layer can tell a replication-lag `401` on a
+/// fresh token from a revoked token, without state shared with the layer.
+///
+/// It does not expose the token itself.
+#[derive(Clone)]
+pub struct InstallationTokenUsed {
+    pub(crate) entry: Arc<TokenEntry>,
+}
+
+impl InstallationTokenUsed {
+    /// The token's serial number (see [`InstallationToken::serial`]).
+    pub fn serial(&self) -> u64 {
+        self.entry.serial
+    }
+
+    /// The installation the token belongs to.
+    pub fn installation_id(&self) -> u64 {
+        self.entry.installation_id
+    }
+
+    /// When the token was received, on the Tokio clock.
+    pub fn minted_at(&self) -> Instant {
+        self.entry.received_at
+    }
+
+    /// How old the token is now.
+    pub fn age(&self) -> Duration {
+        self.entry.received_at.elapsed()
+    }
+
+    /// Whether the token was limited to repositories or permissions (such tokens answer `403`, not `401`,
+    /// while GitHub replicates them).
+    pub fn is_scoped(&self) -> bool {
+        self.entry.scoped
+    }
+
+    /// Tells the token's source that GitHub refused it: if it is still the current token, it is dropped and one
+    /// new token is minted, shared by every request that waits for it. Returns whether it was current.
+    pub fn invalidate(&self) -> bool {
+        self.entry.source.upgrade().is_some_and(|shared| shared.invalidate(self.entry.serial))
+    }
+}
+
+impl fmt::Debug for InstallationTokenUsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstallationTokenUsed")
+            .field("serial", &self.entry.serial)
+            .field("installation_id", &self.entry.installation_id)
+            .field("age", &self.age())
+            .field("scoped", &self.entry.scoped)
+            .finish()
+    }
+}

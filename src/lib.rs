@@ -1,0 +1,60 @@
+//! Call the GitHub API as a GitHub App installation from any [tower](https://docs.rs/tower) HTTP client, with
+//! tokens that are always current and cost nothing on the request path.
+//!
+//! A GitHub App authenticates in two steps: it signs a short-lived JWT with its private key ([`GitHubApp`]), then
+//! trades it for an installation token that lasts an hour ([`Installation`]). This crate keeps one token per
+//! installation in an `ArcSwap`, replaces it in the background well before it expires, and stamps it on every
+//! request with [`InstallationAuthLayer`]. A request with a valid token never waits and never takes a lock.
+//!
+//! # Rooms
+//! - [`app`]: App ids, private keys, App JWTs and the clock offset learned from GitHub.
+//! - [`installation`]: minting installation tokens, the token source and its refresher.
+//! - [`auth`]: the tower layer that stamps requests.
+//! - `testing` (feature `test-util`): a fake GitHub server to test against.
+//!
+//! # Example
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_github_app::{GitHubApp, Installation, InstallationAuthLayer, testing::FakeGitHub};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // Against real GitHub: GitHubApp::from_pem(app_id, std::fs::read("app.pem")?)? and
+//! // a hyper-util client with TLS. Here: the built-in fake GitHub.
+//! let github = FakeGitHub::start().await;
+//! let app: GitHubApp = github.app();
+//! let installation = Installation::builder(app, FakeGitHub::INSTALLATION_ID)
+//!     .api_base(&github.api_base())
+//!     .build(github.client())?;
+//!
+//! let client = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(30))
+//!     .layer(InstallationAuthLayer::new(installation.clone()))
+//!     .service(github.client());
+//!
+//! let request = http::Request::get(format!("{}/repos/octo-org/octo-repo", github.api_base()))
+//!     .body(http_body_util::Full::<bytes::Bytes>::default())?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(installation.stats().mints, 1);
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod app;
+pub mod auth;
+mod error;
+pub mod installation;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use app::{AppId, AppJwt, AppJwtClaims, GitHubApp, JwtSigner, PrivateKey};
+pub use auth::{InstallationAuth, InstallationAuthLayer};
+pub use error::{BoxError, Error, ErrorKind};
+pub use installation::{
+    ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken, InstallationTokenUsed,
+    Repository, TokenScope,
+};
