@@ -1,0 +1,42 @@
+//! A fake GitHub for tests: real HTTP on 127.0.0.1, App JWTs checked like GitHub checks them, installation
+//! tokens with a lifetime you choose, and knobs for everything that goes wrong in production.
+//!
+//! Owns: the server, its fixtures and its record of requests. It shares no state with the client side of the
+//! crate: it verifies JWTs with `jsonwebtoken`, independently of the signer.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_github_app::{ErrorKind, Installation, testing::{FakeGitHub, MintFault}};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_github_app::Error> {
+//! let github = FakeGitHub::builder().token_lifetime(Duration::from_secs(5)).start().await;
+//! let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+//!     .api_base(&github.api_base())
+//!     .build(github.client())?;
+//! installation.token().await?;
+//! assert_eq!(github.mint_count(), 1);
+//!
+//! // The next mint fails as GitHub would for a suspended installation.
+//! github.fail_mints(MintFault::Suspended, 1);
+//! let builder = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID).api_base(&github.api_base());
+//! let err = builder.mint_once(github.client()).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::InstallationForbidden);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What it serves (each request is recorded, with which credential it carried):
+//! - `POST /app/installations/{id}/access_tokens` (App JWT), with GitHub's status codes and messages;
+//! - `GET /app`, `GET /app/installations`, `GET /repos/{owner}/{repo}/installation` (App JWT);
+//! - `GET /repos/{owner}/{repo}`, `GET /installation/repositories`, `DELETE /installation/token`
+//!   (installation token: valid, unexpired, not revoked, replicated, of an installation that can see the
+//!   repository; `401 Bad credentials` otherwise);
+//! - `GET /redirect?to=URL`: a `302` to `URL`, for testing that redirects never carry tokens elsewhere.
+
+mod server;
+
+pub use server::{Credential, FakeGitHub, FakeGitHubBuilder, MintFault, RecordedRequest, TokenState};
+
+/// A 2048-bit RSA private key (PKCS#1 PEM) made for this crate's tests. It is public: never use it for a real
+/// App. The fake server trusts it for [`FakeGitHub::APP_ID`].
+pub const TEST_PRIVATE_KEY: &str = include_str!("test-app-key.pem");

@@ -1,0 +1,821 @@
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, DATE, LOCATION};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::app::{GitHubApp, PrivateKey, unix_seconds};
+use crate::installation::mint::{CLOCK_SKEW_MESSAGES, JWT_NOT_DECODED};
+
+/// A way the token endpoint misbehaves, queued with [`FakeGitHub::fail_mints`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MintFault {
+    /// Answer with this status and JSON body, e.g. `Status(502, r#"{"message":"Server Error"}"#.into())`.
+    Status(u16, String),
+    /// Answer with this status, content type and raw body (HTML error pages, non-UTF-8, huge bodies).
+    Raw {
+        /// The status code.
+        status: u16,
+        /// The `Content-Type`.
+        content_type: &'static str,
+        /// The body, as is.
+        body: Bytes,
+    },
+    /// Answer normally, after this delay (on the Tokio clock).
+    Delay(Duration),
+    /// Close the connection without answering.
+    CloseConnection,
+    /// Answer `201` with a token whose `expires_at` is already past.
+    ExpiredToken,
+    /// Answer `403` as for a suspended installation.
+    Suspended,
+}
+
+/// The credential a recorded request carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credential {
+    /// No `Authorization` header.
+    None,
+    /// An App JWT; `valid` says whether it passed GitHub's checks.
+    AppJwt {
+        /// Whether signature, issuer and times were accepted.
+        valid: bool,
+    },
+    /// An installation token this server issued.
+    InstallationToken {
+        /// The order in which the server issued it, from 1.
+        serial: u64,
+        /// Its installation.
+        installation_id: u64,
+        /// Its state when the request arrived.
+        state: TokenState,
+    },
+    /// Something this server never issued.
+    Unknown,
+}
+
+/// The state of an installation token when a request presented it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// Accepted.
+    Valid,
+    /// Younger than the replication lag: refused.
+    Replicating,
+    /// Past its lifetime: refused.
+    Expired,
+    /// Revoked: refused.
+    Revoked,
+}
+
+/// One request the server received.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// Its method.
+    pub method: Method,
+    /// Its path, without the query.
+    pub path: String,
+    /// The credential it carried.
+    pub credential: Credential,
+    /// The status the server answered (0 when it closed the connection instead).
+    pub status: u16,
+}
+
+struct App {
+    id: u64,
+    client_id: String,
+    key: DecodingKey,
+}
+
+struct InstallationFixture {
+    app_id: u64,
+    account: String,
+    repositories: Vec<String>,
+    permissions: BTreeMap<String, String>,
+    suspended: bool,
+}
+
+struct IssuedToken {
+    serial: u64,
+    installation_id: u64,
+    minted_at: Instant,
+    expires: Instant,
+    revoked: bool,
+    /// Repository names the token is limited to; `None` for the whole installation.
+    repositories: Option<Vec<String>>,
+    scoped: bool,
+}
+
+struct State {
+    token_lifetime: Duration,
+    clock_offset: i64,
+    replication_lag: Duration,
+    long_tokens: bool,
+    prefix: String,
+    apps: Vec<App>,
+    installations: BTreeMap<u64, InstallationFixture>,
+    tokens: HashMap<String, IssuedToken>,
+    faults: VecDeque<MintFault>,
+    /// A fault that answers every token request until healed.
+    lasting_fault: Option<MintFault>,
+    requests: Vec<RecordedRequest>,
+    mints: u64,
+    mint_attempts: u64,
+}
+
+impl State {
+    fn wall_now(&self) -> SystemTime {
+        shift(SystemTime::now(), self.clock_offset)
+    }
+}
+
+fn shift(t: SystemTime, seconds: i64) -> SystemTime {
+    if seconds >= 0 {
+        t + Duration::from_secs(seconds as u64)
+    } else {
+        t - Duration::from_secs(seconds.unsigned_abs())
+    }
+}
+
+/// Configures a [`FakeGitHub`] before it starts.
+#[must_use]
+pub struct FakeGitHubBuilder {
+    state: State,
+}
+
+impl fmt::Debug for FakeGitHubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeGitHubBuilder")
+            .field("token_lifetime", &self.state.token_lifetime)
+            .field("clock_offset", &self.state.clock_offset)
+            .field("replication_lag", &self.state.replication_lag)
+            .field("prefix", &self.state.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeGitHubBuilder {
+    /// How long minted tokens live (default one hour, as on GitHub). `expires_at` has second precision, like
+    /// GitHub's, so use whole seconds.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.state.token_lifetime = lifetime;
+        self
+    }
+
+    /// The server's clock minus the real clock, in seconds.
+    pub fn clock_offset(mut self, seconds: i64) -> Self {
+        self.state.clock_offset = seconds;
+        self
+    }
+
+    /// Refuse each new token for this long after it was minted, as GitHub does while it replicates.
+    pub fn replication_lag(mut self, lag: Duration) -> Self {
+        self.state.replication_lag = lag;
+        self
+    }
+
+    /// Issue tokens in the ~520-character stateless format `ghs_<appid>_<jwt>`.
+    pub fn long_tokens(mut self, long: bool) -> Self {
+        self.state.long_tokens = long;
+        self
+    }
+
+    /// Serve the API under a path prefix, as GitHub Enterprise Server does under `/api/v3`.
+    pub fn path_prefix(mut self, prefix: &str) -> Self {
+        self.state.prefix = prefix.trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// Registers another App, trusting `key`'s public half for JWTs with `iss` = `app_id` or `client_id`.
+    pub fn app(mut self, app_id: u64, client_id: &str, key: &PrivateKey) -> Self {
+        self.state.apps.push(App {
+            id: app_id,
+            client_id: client_id.to_owned(),
+            key: DecodingKey::from_rsa_der(&key.public_key_der()),
+        });
+        self
+    }
+
+    /// Registers an installation of `app_id` on `account` with access to `repositories` (`owner/name`).
+    pub fn installation(mut self, id: u64, app_id: u64, account: &str, repositories: &[&str]) -> Self {
+        self.state.installations.insert(
+            id,
+            InstallationFixture {
+                app_id,
+                account: account.to_owned(),
+                repositories: repositories.iter().map(|r| (*r).to_owned()).collect(),
+                permissions: default_permissions(),
+                suspended: false,
+            },
+        );
+        self
+    }
+
+    /// Binds 127.0.0.1 on a port the OS chooses and starts serving on the current Tokio runtime.
+    ///
+    /// # Panics
+    /// If no port on 127.0.0.1 can be bound: a test environment problem, not an input.
+    pub async fn start(self) -> FakeGitHub {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0 for the fake GitHub");
+        let addr = listener.local_addr().expect("local address of the fake GitHub");
+        let state = Arc::new(Mutex::new(self.state));
+        let (shutdown, shutdown_rx) = watch::channel(());
+        tokio::spawn(serve(listener, Arc::clone(&state), shutdown_rx));
+        let app = GitHubApp::new(
+            FakeGitHub::APP_ID,
+            PrivateKey::from_pem(super::TEST_PRIVATE_KEY).expect("the crate's test key parses"),
+        );
+        FakeGitHub { inner: Arc::new(Inner { state, addr, app, _shutdown: shutdown }) }
+    }
+}
+
+fn default_permissions() -> BTreeMap<String, String> {
+    [("contents", "write"), ("issues", "write"), ("metadata", "read")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A fake GitHub API server on 127.0.0.1. Stops when the last clone is dropped.
+///
+/// Starts with App [`FakeGitHub::APP_ID`] (client ID [`FakeGitHub::CLIENT_ID`], key
+/// [`TEST_PRIVATE_KEY`](super::TEST_PRIVATE_KEY)) and its installation [`FakeGitHub::INSTALLATION_ID`] on
+/// `octo-org` with the repositories `octo-org/octo-repo` and `octo-org/octo-lib`.
+#[derive(Clone)]
+pub struct FakeGitHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Arc<Mutex<State>>,
+    addr: SocketAddr,
+    app: GitHubApp,
+    _shutdown: watch::Sender<()>,
+}
+
+impl fmt::Debug for FakeGitHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeGitHub").field("addr", &self.inner.addr).finish_non_exhaustive()
+    }
+}
+
+impl FakeGitHub {
+    /// The App the server knows from the start.
+    pub const APP_ID: u64 = 1;
+    /// That App's client ID.
+    pub const CLIENT_ID: &'static str = "Iv1.fake0client0id";
+    /// Its installation on `octo-org`.
+    pub const INSTALLATION_ID: u64 = 42;
+
+    /// A builder with the default fixtures.
+    pub fn builder() -> FakeGitHubBuilder {
+        let key = PrivateKey::from_pem(super::TEST_PRIVATE_KEY).expect("the crate's test key parses");
+        FakeGitHubBuilder {
+            state: State {
+                token_lifetime: Duration::from_secs(3600),
+                clock_offset: 0,
+                replication_lag: Duration::ZERO,
+                long_tokens: false,
+                prefix: String::new(),
+                apps: Vec::new(),
+                installations: BTreeMap::new(),
+                tokens: HashMap::new(),
+                faults: VecDeque::new(),
+                lasting_fault: None,
+                requests: Vec::new(),
+                mints: 0,
+                mint_attempts: 0,
+            },
+        }
+        .app(Self::APP_ID, Self::CLIENT_ID, &key)
+        .installation(Self::INSTALLATION_ID, Self::APP_ID, "octo-org", &["octo-org/octo-repo", "octo-org/octo-lib"])
+    }
+
+    /// Starts a server with the default fixtures.
+    pub async fn start() -> FakeGitHub {
+        Self::builder().start().await
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `http://127.0.0.1:PORT` plus the path prefix, for [`InstallationBuilder::api_base`](crate::InstallationBuilder::api_base).
+    pub fn api_base(&self) -> String {
+        format!("http://{}{}", self.inner.addr, self.state().prefix)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The App [`FakeGitHub::APP_ID`] with the test key. Clones share JWT cache and clock offset.
+    pub fn app(&self) -> GitHubApp {
+        self.inner.app.clone()
+    }
+
+    /// A hyper-util HTTP/1 client for it (and any other http URL).
+    pub fn client(&self) -> Client<HttpConnector, Full<Bytes>> {
+        Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build_http()
+    }
+
+    /// A hyper-util client speaking HTTP/2 without TLS (prior knowledge): thousands of concurrent requests share
+    /// one connection.
+    pub fn client_http2(&self) -> Client<HttpConnector, Full<Bytes>> {
+        Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).http2_only(true).build_http()
+    }
+
+    /// Tokens minted so far.
+    pub fn mint_count(&self) -> u64 {
+        self.state().mints
+    }
+
+    /// Token requests received so far, answered or not.
+    pub fn mint_attempts(&self) -> u64 {
+        self.state().mint_attempts
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state().requests.clone()
+    }
+
+    /// Sets the lifetime of tokens minted from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.state().token_lifetime = lifetime;
+    }
+
+    /// Sets the server's clock offset, in seconds.
+    pub fn set_clock_offset(&self, seconds: i64) {
+        self.state().clock_offset = seconds;
+    }
+
+    /// Sets the replication lag for tokens minted from now on.
+    pub fn set_replication_lag(&self, lag: Duration) {
+        self.state().replication_lag = lag;
+    }
+
+    /// Makes the next `count` token requests fail with `fault` (`usize::MAX`: until [`heal`](Self::heal)).
+    pub fn fail_mints(&self, fault: MintFault, count: usize) {
+        let mut state = self.state();
+        if count == usize::MAX {
+            state.lasting_fault = Some(fault);
+        } else {
+            state.faults.extend(std::iter::repeat_n(fault, count));
+        }
+    }
+
+    /// Clears every queued and lasting mint fault.
+    pub fn heal(&self) {
+        let mut state = self.state();
+        state.faults.clear();
+        state.lasting_fault = None;
+    }
+
+    /// Suspends or unsuspends an installation: its token requests get `403`.
+    pub fn set_suspended(&self, installation_id: u64, suspended: bool) {
+        if let Some(installation) = self.state().installations.get_mut(&installation_id) {
+            installation.suspended = suspended;
+        }
+    }
+
+    /// Revokes every token issued so far.
+    pub fn revoke_all_tokens(&self) {
+        for token in self.state().tokens.values_mut() {
+            token.revoked = true;
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, mut shutdown: watch::Receiver<()>) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let state = Arc::clone(&state);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| handle(Arc::clone(&state), request));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.changed() => {}
+            }
+        });
+    }
+}
+
+/// Dropping the connection instead of answering.
+#[derive(Debug)]
+struct Hangup;
+
+impl fmt::Display for Hangup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("fake GitHub closed the connection on purpose")
+    }
+}
+
+impl std::error::Error for Hangup {}
+
+type Answer = Result<Response<Full<Bytes>>, Hangup>;
+
+async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    let path = parts.uri.path().to_owned();
+    let prefix = lock().prefix.clone();
+    let Some(route) = path.strip_prefix(prefix.as_str()).map(str::to_owned) else {
+        let mut s = lock();
+        let response = not_found(&s);
+        return Ok(record(&mut s, &parts.method, &path, Credential::None, response));
+    };
+    let segments: Vec<&str> = route.trim_start_matches('/').split('/').collect();
+    let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+
+    // The token endpoint: faults first, then GitHub's checks.
+    if let (&Method::POST, ["app", "installations", id, "access_tokens"]) = (&parts.method, segments.as_slice()) {
+        let fault = {
+            let mut s = lock();
+            s.mint_attempts += 1;
+            s.faults.pop_front().or_else(|| s.lasting_fault.clone())
+        };
+        let id = id.parse::<u64>().unwrap_or(0);
+        match fault {
+            Some(MintFault::Delay(delay)) => tokio::time::sleep(delay).await,
+            Some(MintFault::CloseConnection) => {
+                let mut s = lock();
+                let credential = classify(&s, authorization.as_deref());
+                s.requests.push(RecordedRequest { method: parts.method, path, credential, status: 0 });
+                return Err(Hangup);
+            }
+            Some(MintFault::Status(status, body)) => {
+                let mut s = lock();
+                let response = respond(&s, status, "application/json; charset=utf-8", Bytes::from(body));
+                return Ok(record(&mut s, &parts.method, &path, Credential::None, response));
+            }
+            Some(MintFault::Raw { status, content_type, body }) => {
+                let mut s = lock();
+                let response = respond(&s, status, content_type, body);
+                return Ok(record(&mut s, &parts.method, &path, Credential::None, response));
+            }
+            Some(MintFault::Suspended) => {
+                let mut s = lock();
+                let response = error(&s, 403, "This installation has been suspended");
+                return Ok(record(&mut s, &parts.method, &path, Credential::AppJwt { valid: true }, response));
+            }
+            Some(MintFault::ExpiredToken) | None => {}
+        }
+        let expired = fault == Some(MintFault::ExpiredToken);
+        let mut s = lock();
+        let (credential, response) = mint(&mut s, id, authorization.as_deref(), &body, expired);
+        return Ok(record(&mut s, &parts.method, &path, credential, response));
+    }
+
+    let mut s = lock();
+    let (credential, response) = match (&parts.method, segments.as_slice()) {
+        (&Method::GET, ["app"]) => with_jwt(&s, authorization.as_deref(), |s, app| {
+            ok(s, json!({"id": app, "slug": "fake-app", "name": "Fake App"}))
+        }),
+        (&Method::GET, ["app", "installations"]) => with_jwt(&s, authorization.as_deref(), |s, app| {
+            let list: Vec<Value> = s
+                .installations
+                .iter()
+                .filter(|(_, i)| i.app_id == app)
+                .map(|(id, i)| json!({"id": id, "account": {"login": i.account}, "app_id": app}))
+                .collect();
+            ok(s, Value::Array(list))
+        }),
+        (&Method::GET, ["repos", owner, repo, "installation"]) => {
+            let full_name = format!("{owner}/{repo}");
+            with_jwt(&s, authorization.as_deref(), |s, app| {
+                match s.installations.iter().find(|(_, i)| i.app_id == app && i.repositories.contains(&full_name)) {
+                    Some((id, i)) => ok(s, json!({"id": id, "account": {"login": i.account}, "app_id": app})),
+                    None => not_found(s),
+                }
+            })
+        }
+        (&Method::GET, ["repos", owner, repo]) => {
+            let full_name = format!("{owner}/{repo}");
+            with_token(&mut s, authorization.as_deref(), |s, installation, token| {
+                let visible = s.installations[&installation].repositories.contains(&full_name)
+                    && token.repositories.as_ref().is_none_or(|names| names.iter().any(|n| *n == *repo));
+                if visible {
+                    ok(s, repository_json(&full_name))
+                } else {
+                    not_found(s)
+                }
+            })
+        }
+        (&Method::GET, ["installation", "repositories"]) => {
+            with_token(&mut s, authorization.as_deref(), |s, installation, token| {
+                let repositories: Vec<Value> = s.installations[&installation]
+                    .repositories
+                    .iter()
+                    .filter(|full| {
+                        let name = full.split('/').nth(1).unwrap_or_default();
+                        token.repositories.as_ref().is_none_or(|names| names.iter().any(|n| n == name))
+                    })
+                    .map(|full| repository_json(full))
+                    .collect();
+                ok(s, json!({"total_count": repositories.len(), "repositories": repositories}))
+            })
+        }
+        (&Method::DELETE, ["installation", "token"]) => {
+            let token = bearer(authorization.as_deref()).map(str::to_owned);
+            let (credential, response) =
+                with_token(&mut s, authorization.as_deref(), |s, _, _| respond(s, 204, "text/plain", Bytes::new()));
+            if response.status() == StatusCode::NO_CONTENT {
+                if let Some(issued) = token.and_then(|t| s.tokens.get_mut(&t)) {
+                    issued.revoked = true;
+                }
+            }
+            (credential, response)
+        }
+        (&Method::GET, ["redirect"]) => {
+            let to = parts
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("to="))
+                .map(|to| to.replace("%3A", ":").replace("%2F", "/"))
+                .unwrap_or_default();
+            let mut response = respond(&s, 302, "text/plain", Bytes::new());
+            if let Ok(location) = http::HeaderValue::try_from(to) {
+                response.headers_mut().insert(LOCATION, location);
+            }
+            (classify(&s, authorization.as_deref()), response)
+        }
+        _ => (classify(&s, authorization.as_deref()), not_found(&s)),
+    };
+    Ok(record(&mut s, &parts.method, &path, credential, response))
+}
+
+fn record(s: &mut State, method: &Method, path: &str, credential: Credential, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    s.requests.push(RecordedRequest {
+        method: method.clone(),
+        path: path.to_owned(),
+        credential,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+fn respond(s: &State, status: u16, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    if let Ok(date) = http::HeaderValue::try_from(httpdate::fmt_http_date(s.wall_now())) {
+        headers.insert(DATE, date);
+    }
+    headers.insert("x-github-request-id", http::HeaderValue::from_static("FAKE:0001"));
+    response
+}
+
+fn ok(s: &State, body: Value) -> Response<Full<Bytes>> {
+    respond(s, 200, "application/json; charset=utf-8", Bytes::from(body.to_string()))
+}
+
+fn error(s: &State, status: u16, message: &str) -> Response<Full<Bytes>> {
+    let body = json!({
+        "message": message,
+        "documentation_url": "https://docs.github.com/rest",
+        "status": status.to_string(),
+    });
+    respond(s, status, "application/json; charset=utf-8", Bytes::from(body.to_string()))
+}
+
+fn not_found(s: &State) -> Response<Full<Bytes>> {
+    error(s, 404, "Not Found")
+}
+
+fn repository_json(full_name: &str) -> Value {
+    let name = full_name.split('/').nth(1).unwrap_or_default();
+    let id = full_name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 1_000_000_000;
+    json!({"id": id, "name": name, "full_name": full_name, "private": true})
+}
+
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let value = authorization?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("token ")).map(str::trim)
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iat: Option<Value>,
+    exp: Option<Value>,
+    iss: Option<Value>,
+}
+
+/// GitHub's checks of an App JWT: signature and issuer, then `exp`, then `iat`. Returns the App id.
+fn check_jwt(s: &State, authorization: Option<&str>) -> Result<u64, &'static str> {
+    let jwt = bearer(authorization).ok_or("Requires authentication")?;
+    let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(jwt).map_err(|_| JWT_NOT_DECODED)?;
+    let app = match claims.iss {
+        Some(Value::Number(n)) => n.as_u64().and_then(|id| s.apps.iter().find(|a| a.id == id)),
+        Some(Value::String(text)) => {
+            s.apps.iter().find(|a| a.client_id == text || text.parse::<u64>().is_ok_and(|id| id == a.id))
+        }
+        _ => None,
+    }
+    .ok_or(JWT_NOT_DECODED)?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Value>(jwt, &app.key, &validation).map_err(|_| JWT_NOT_DECODED)?;
+    let now = unix_seconds(s.wall_now());
+    let exp = claims.exp.as_ref().and_then(Value::as_i64).ok_or(CLOCK_SKEW_MESSAGES[1])?;
+    if exp <= now {
+        return Err(CLOCK_SKEW_MESSAGES[1]);
+    }
+    if exp > now + 600 {
+        return Err(CLOCK_SKEW_MESSAGES[0]);
+    }
+    let iat = claims.iat.as_ref().and_then(Value::as_i64).ok_or(CLOCK_SKEW_MESSAGES[2])?;
+    if iat > now {
+        return Err(CLOCK_SKEW_MESSAGES[2]);
+    }
+    Ok(app.id)
+}
+
+fn with_jwt(
+    s: &State,
+    authorization: Option<&str>,
+    answer: impl FnOnce(&State, u64) -> Response<Full<Bytes>>,
+) -> (Credential, Response<Full<Bytes>>) {
+    match check_jwt(s, authorization) {
+        Ok(app) => (Credential::AppJwt { valid: true }, answer(s, app)),
+        Err(message) => (classify(s, authorization), error(s, 401, message)),
+    }
+}
+
+/// What a request's credential is, without judging it for a particular route.
+fn classify(s: &State, authorization: Option<&str>) -> Credential {
+    let Some(presented) = bearer(authorization) else {
+        return Credential::None;
+    };
+    if let Some(token) = s.tokens.get(presented) {
+        return Credential::InstallationToken {
+            serial: token.serial,
+            installation_id: token.installation_id,
+            state: token_state(s, token),
+        };
+    }
+    if presented.starts_with("eyJ") {
+        return Credential::AppJwt { valid: check_jwt(s, authorization).is_ok() };
+    }
+    Credential::Unknown
+}
+
+fn token_state(s: &State, token: &IssuedToken) -> TokenState {
+    let now = Instant::now();
+    if token.revoked {
+        TokenState::Revoked
+    } else if now >= token.expires {
+        TokenState::Expired
+    } else if now < token.minted_at + s.replication_lag {
+        TokenState::Replicating
+    } else {
+        TokenState::Valid
+    }
+}
+
+struct TokenView {
+    repositories: Option<Vec<String>>,
+}
+
+fn with_token(
+    s: &mut State,
+    authorization: Option<&str>,
+    answer: impl FnOnce(&State, u64, &TokenView) -> Response<Full<Bytes>>,
+) -> (Credential, Response<Full<Bytes>>) {
+    let credential = classify(s, authorization);
+    let token = bearer(authorization).and_then(|t| s.tokens.get(t));
+    match (&credential, token) {
+        (Credential::InstallationToken { installation_id, state: TokenState::Valid, .. }, Some(token)) => {
+            let view = TokenView { repositories: token.repositories.clone() };
+            let response = answer(s, *installation_id, &view);
+            (credential, response)
+        }
+        (Credential::InstallationToken { state: TokenState::Replicating, .. }, Some(token)) if token.scoped => {
+            let response = error(s, 403, "Resource not accessible by integration");
+            (credential, response)
+        }
+        (Credential::None, _) => (credential, error(s, 401, "Requires authentication")),
+        _ => (credential, error(s, 401, "Bad credentials")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ScopeRequest {
+    #[serde(default)]
+    repositories: Vec<String>,
+    #[serde(default)]
+    repository_ids: Vec<u64>,
+    #[serde(default)]
+    permissions: BTreeMap<String, String>,
+}
+
+fn mint(s: &mut State, id: u64, authorization: Option<&str>, body: &[u8], expired: bool) -> (Credential, Response<Full<Bytes>>) {
+    let app = match check_jwt(s, authorization) {
+        Ok(app) => app,
+        Err(message) => return (classify(s, authorization), error(s, 401, message)),
+    };
+    let credential = Credential::AppJwt { valid: true };
+    let Some(installation) = s.installations.get(&id).filter(|i| i.app_id == app) else {
+        return (credential, not_found(s));
+    };
+    if installation.suspended {
+        return (credential, error(s, 403, "This installation has been suspended"));
+    }
+    let scope: ScopeRequest = if body.is_empty() {
+        ScopeRequest::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(scope) => scope,
+            Err(_) => return (credential, error(s, 400, "Problems parsing JSON")),
+        }
+    };
+    let names: Vec<&str> = installation.repositories.iter().filter_map(|r| r.split('/').nth(1)).collect();
+    if scope.repositories.iter().any(|r| !names.contains(&r.as_str())) || !scope.repository_ids.is_empty() {
+        return (
+            credential,
+            error(
+                s,
+                422,
+                "There is at least one repository that does not exist or is not accessible to the parent installation.",
+            ),
+        );
+    }
+    let granted = |name: &String, level: &String| {
+        installation.permissions.get(name).is_some_and(|have| have == level || have == "write" && level == "read")
+    };
+    if !scope.permissions.iter().all(|(name, level)| granted(name, level)) {
+        return (credential, error(s, 422, "The permissions requested are not granted to this installation."));
+    }
+    let permissions = if scope.permissions.is_empty() { installation.permissions.clone() } else { scope.permissions.clone() };
+    let scoped = !scope.repositories.is_empty() || !scope.permissions.is_empty();
+    let repositories: Vec<Value> = installation
+        .repositories
+        .iter()
+        .filter(|full| scope.repositories.iter().any(|r| full.ends_with(&format!("/{r}"))))
+        .map(|full| repository_json(full))
+        .collect();
+
+    s.mints += 1;
+    let serial = s.mints;
+    let token = if s.long_tokens {
+        let filler: String = std::iter::repeat_with(fastrand::alphanumeric).take(480).collect();
+        format!("ghs_{app}_eyJhbGciOiJSUzI1NiJ9.{}-{}_{}", &filler[..200], &filler[200..400], &filler[400..])
+    } else {
+        let random: String = std::iter::repeat_with(fastrand::alphanumeric).take(36).collect();
+        format!("ghs_{random}")
+    };
+    let now = Instant::now();
+    let lifetime = s.token_lifetime;
+    let wall_now = s.wall_now();
+    let expires_at = if expired { wall_now - Duration::from_secs(60) } else { wall_now + lifetime };
+    let answer = json!({
+        "token": token,
+        "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
+        "permissions": permissions,
+        "repository_selection": if scope.repositories.is_empty() { "all" } else { "selected" },
+        "repositories": repositories,
+    });
+    s.tokens.insert(
+        token,
+        IssuedToken {
+            serial,
+            installation_id: id,
+            minted_at: now,
+            expires: now + lifetime,
+            revoked: false,
+            repositories: (!scope.repositories.is_empty()).then_some(scope.repositories),
+            scoped,
+        },
+    );
+    (credential, respond(s, 201, "application/json; charset=utf-8", Bytes::from(answer.to_string())))
+}
