@@ -223,29 +223,18 @@ impl Handle {
     pub(crate) async fn acquire(&self, validity: Option<Duration>) -> Result<Arc<TokenEntry>, Error> {
         let shared = &self.shared;
         let mut status = shared.status.subscribe();
-        if let Some(token) = shared.valid_token(validity) {
-            return Ok(token);
-        }
-        self.ensure_running()?;
-        if let Status::Failed(error) = &*status.borrow_and_update() {
-            return Err(error.clone());
-        }
-        if let Some(validity) = validity {
-            let mut wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner());
-            *wanted = Some(wanted.map_or(validity, |w| w.max(validity)));
-        }
-        shared.counters.waited_requests.fetch_add(1, Ordering::Relaxed);
-        shared.demand.notify_one();
+        let mut asked = false;
         loop {
-            // The sender lives in `shared`, which this future holds: `changed` cannot fail.
-            let _ = status.changed().await;
+            // Status first, then the token: the refresher stores a token before it announces it, so every
+            // token announced up to the status just read is visible below.
+            let seen = status.borrow_and_update().clone();
             if let Some(token) = shared.valid_token(validity) {
                 return Ok(token);
             }
-            match &*status.borrow_and_update() {
-                Status::Failed(error) => return Err(error.clone()),
-                Status::Stopped => return Err(stopped()),
-                Status::Ready if shared.current.load().is_some() => {
+            match seen {
+                Status::Failed(error) => return Err(error),
+                Status::Stopped if asked => return Err(stopped()),
+                Status::Ready if asked && shared.current.load().is_some() => {
                     return Err(Error::new(
                         ErrorKind::InvalidRequest,
                         format!(
@@ -257,6 +246,18 @@ impl Handle {
                 }
                 _ => {}
             }
+            if !asked {
+                asked = true;
+                self.ensure_running()?;
+                if let Some(validity) = validity {
+                    let mut wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner());
+                    *wanted = Some(wanted.map_or(validity, |w| w.max(validity)));
+                }
+                shared.counters.waited_requests.fetch_add(1, Ordering::Relaxed);
+                shared.demand.notify_one();
+            }
+            // The sender lives in `shared`, which this future holds: `changed` cannot fail.
+            let _ = status.changed().await;
         }
     }
 
