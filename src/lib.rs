@@ -11,6 +11,7 @@
 //! - [`installation`]: minting installation tokens, the token source and its refresher.
 //! - [`auth`]: the tower layer that stamps requests.
 //! - `testing` (feature `test-util`): a fake GitHub server to test against.
+//! - `client` (feature `hyper-client`): a ready-made HTTPS client.
 //!
 //! # Example
 //! ```
@@ -46,6 +47,8 @@
 
 pub mod app;
 pub mod auth;
+#[cfg(feature = "hyper-client")]
+pub mod client;
 mod error;
 pub mod installation;
 #[cfg(feature = "test-util")]
@@ -55,6 +58,6 @@ pub use app::{AppId, AppJwt, AppJwtClaims, GitHubApp, JwtSigner, PrivateKey};
 pub use auth::{InstallationAuth, InstallationAuthLayer};
 pub use error::{BoxError, Error, ErrorKind};
 pub use installation::{
-    ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken, InstallationTokenUsed,
-    Repository, TokenScope,
+    ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken,
+    InstallationTokenUsed, Repository, TokenScope,
 };

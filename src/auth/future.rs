@@ -53,19 +53,34 @@ where
     S: Service<Request<B>>,
 {
     pub(super) fn authorized(future: S::Future, used: InstallationTokenUsed) -> Self {
-        Self { state: State::Calling { future, used: Some(used) } }
+        Self {
+            state: State::Calling {
+                future,
+                used: Some(used),
+            },
+        }
     }
 
     pub(super) fn passthrough(future: S::Future) -> Self {
-        Self { state: State::Calling { future, used: None } }
+        Self {
+            state: State::Calling { future, used: None },
+        }
     }
 
     pub(super) fn waiting(acquire: Acquire, inner: S, request: Request<B>) -> Self {
-        Self { state: State::Waiting { acquire, inner: Some(inner), request: Some(request) } }
+        Self {
+            state: State::Waiting {
+                acquire,
+                inner: Some(inner),
+                request: Some(request),
+            },
+        }
     }
 
     pub(super) fn failed(error: Error) -> Self {
-        Self { state: State::Failed { error: Some(error) } }
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
     }
 }
 
@@ -87,20 +102,32 @@ where
                     }
                     return Poll::Ready(Ok(response));
                 }
-                StateProj::Waiting { acquire, inner, request } => {
+                StateProj::Waiting {
+                    acquire,
+                    inner,
+                    request,
+                } => {
                     let token = match ready!(acquire.as_mut().poll(cx)) {
                         Ok(token) => token,
                         Err(error) => return Poll::Ready(Err(error.into())),
                     };
-                    let (Some(mut inner), Some(mut request)) = (inner.take(), request.take()) else {
+                    let (Some(mut inner), Some(mut request)) = (inner.take(), request.take())
+                    else {
                         panic!("InstallationAuth's ResponseFuture polled after completion");
                     };
-                    request.headers_mut().insert(AUTHORIZATION, token.authorization.clone());
+                    request
+                        .headers_mut()
+                        .insert(AUTHORIZATION, token.authorization.clone());
                     let future = inner.call(request);
-                    state.set(State::Calling { future, used: Some(InstallationTokenUsed { entry: token }) });
+                    state.set(State::Calling {
+                        future,
+                        used: Some(InstallationTokenUsed { entry: token }),
+                    });
                 }
                 StateProj::Failed { error } => {
-                    let error = error.take().expect("InstallationAuth's ResponseFuture polled after completion");
+                    let error = error
+                        .take()
+                        .expect("InstallationAuth's ResponseFuture polled after completion");
                     return Poll::Ready(Err(error.into()));
                 }
             }

@@ -20,7 +20,10 @@ pub struct InstallationAuth<S> {
 impl<S> InstallationAuth<S> {
     /// Wraps `inner`, authorizing its requests with `installation`'s tokens.
     pub fn new(inner: S, installation: Installation) -> Self {
-        Self { inner, installation }
+        Self {
+            inner,
+            installation,
+        }
     }
 
     /// A layer wrapping services in `InstallationAuth`.
@@ -84,9 +87,16 @@ where
 
         // The hot path: one load, one header clone.
         let current = shared.current.load();
-        if let Some(token) = current.as_ref().filter(|token| Instant::now() < token.usable_until) {
-            request.headers_mut().insert(AUTHORIZATION, token.authorization.clone());
-            let used = InstallationTokenUsed { entry: Arc::clone(token) };
+        if let Some(token) = current
+            .as_ref()
+            .filter(|token| Instant::now() < token.usable_until)
+        {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, token.authorization.clone());
+            let used = InstallationTokenUsed {
+                entry: Arc::clone(token),
+            };
             drop(current);
             return ResponseFuture::authorized(self.inner.call(request), used);
         }
@@ -96,6 +106,10 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         let handle = Arc::clone(&self.installation.handle);
-        ResponseFuture::waiting(Box::pin(async move { handle.acquire(None).await }), ready, request)
+        ResponseFuture::waiting(
+            Box::pin(async move { handle.acquire(None).await }),
+            ready,
+            request,
+        )
     }
 }

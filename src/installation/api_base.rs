@@ -45,7 +45,9 @@ impl ApiBase {
     /// Parses and checks a base URL.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let url = url.trim();
-        let uri: Uri = url.parse().map_err(|_| config(format!("the API base URL {url:?} is not a valid URL")))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| config(format!("the API base URL {url:?} is not a valid URL")))?;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(config(format!(
                 "the API base URL {url:?} has no scheme or host: write it in full, as https://api.github.com or \
@@ -67,12 +69,16 @@ impl ApiBase {
             )));
         }
         if host == "github.com" || host == "www.github.com" {
-            return Err(config("github.com is the web host; the REST API is at https://api.github.com"));
+            return Err(config(
+                "github.com is the web host; the REST API is at https://api.github.com",
+            ));
         }
         if !loopback {
             let cloud = host == "api.github.com" || host.ends_with(".ghe.com");
             if cloud && !path.is_empty() {
-                return Err(config(format!("the API base URL {url:?} has a path; {host} serves the API at its root")));
+                return Err(config(format!(
+                    "the API base URL {url:?} has a path; {host} serves the API at its root"
+                )));
             }
             if host.ends_with(".ghe.com") && !host.starts_with("api.") {
                 return Err(config(format!(
@@ -86,7 +92,11 @@ impl ApiBase {
                 )));
             }
         }
-        Ok(ApiBase { scheme: scheme.clone(), authority: authority.clone(), path })
+        Ok(ApiBase {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            path,
+        })
     }
 
     /// The URL of an API path such as `/app/installations/1/access_tokens`.
@@ -96,7 +106,11 @@ impl ApiBase {
             .authority(self.authority.clone())
             .path_and_query(format!("{}{}", self.path, path_and_query))
             .build()
-            .map_err(|e| Error::build(ErrorKind::InvalidRequest, "could not build an API URL").source(e).finish())
+            .map_err(|e| {
+                Error::build(ErrorKind::InvalidRequest, "could not build an API URL")
+                    .source(e)
+                    .finish()
+            })
     }
 
     /// Whether `uri` goes to this API's scheme, host and port: the only place its tokens may be sent.
@@ -109,7 +123,9 @@ impl ApiBase {
     }
 
     fn port(&self) -> Option<u16> {
-        self.authority.port_u16().or_else(|| default_port(&self.scheme))
+        self.authority
+            .port_u16()
+            .or_else(|| default_port(&self.scheme))
     }
 
     /// The host, for messages.
@@ -129,7 +145,11 @@ fn default_port(scheme: &Scheme) -> Option<u16> {
 }
 
 fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host == "[::1]" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn config(message: impl Into<String>) -> Error {
@@ -200,6 +220,9 @@ mod tests {
         assert!(!base.is_same_origin(&"https://ghe.example.com:8443/".parse().unwrap()));
         assert!(!base.is_same_origin(&"https://evil.example.com/api/v3".parse().unwrap()));
         assert!(!base.is_same_origin(&"/repos/a/b".parse().unwrap()));
-        assert_eq!(base.url("/app").unwrap().to_string(), "https://ghe.example.com/api/v3/app");
+        assert_eq!(
+            base.url("/app").unwrap().to_string(),
+            "https://ghe.example.com/api/v3/app"
+        );
     }
 }

@@ -30,11 +30,20 @@ impl Timing {
     /// Turns a received token into an entry: when requests stop using it and when it is replaced. Both scale
     /// down for short-lived tokens (test servers), and the refresh time is jittered so installations that were
     /// minted together do not refresh together.
-    pub(crate) fn entry(&self, minted: Minted, installation_id: u64, scoped: bool, source: std::sync::Weak<Shared>) -> TokenEntry {
+    pub(crate) fn entry(
+        &self,
+        minted: Minted,
+        installation_id: u64,
+        scoped: bool,
+        source: std::sync::Weak<Shared>,
+    ) -> TokenEntry {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
         let lifetime = minted.expires.saturating_duration_since(minted.received_at);
         let margin = self.min_remaining.min(lifetime / 10);
-        let ahead = self.refresh_before.min(lifetime / 3).mul_f64(1.0 + fastrand::f64() * 0.2);
+        let ahead = self
+            .refresh_before
+            .min(lifetime / 3)
+            .mul_f64(1.0 + fastrand::f64() * 0.2);
         TokenEntry {
             authorization: minted.authorization,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
@@ -105,7 +114,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(app: GitHubApp, client: MintClient, params: MintParams, scoped: bool, timing: Timing) -> Self {
+    pub(crate) fn new(
+        app: GitHubApp,
+        client: MintClient,
+        params: MintParams,
+        scoped: bool,
+        timing: Timing,
+    ) -> Self {
         Shared {
             app,
             params,
@@ -145,7 +160,11 @@ impl Shared {
         });
         if dropped {
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(installation = self.params.installation_id, serial, "installation token invalidated; minting a new one");
+            tracing::info!(
+                installation = self.params.installation_id,
+                serial,
+                "installation token invalidated; minting a new one"
+            );
             self.demand.notify_one();
         }
         dropped
@@ -157,7 +176,9 @@ impl Shared {
         let wanted = *self.wanted.lock().unwrap_or_else(|e| e.into_inner());
         let needed = match current.as_deref() {
             None => true,
-            Some(token) => now >= token.usable_until || wanted.is_some_and(|w| !token.is_valid_for(now, w)),
+            Some(token) => {
+                now >= token.usable_until || wanted.is_some_and(|w| !token.is_valid_for(now, w))
+            }
         };
         match (needed, retry_at, current.as_deref()) {
             (_, Some(retry_at), _) => retry_at,
@@ -171,21 +192,32 @@ impl Shared {
     async fn mint(self: &Arc<Self>) -> Result<TokenEntry, Error> {
         let offset_before = self.app.clock_offset();
         let mut result = mint_once(&self.app, &self.client, &self.params).await;
-        if let Err(error) = &result {
-            if error.kind() == ErrorKind::ClockSkew && self.app.clock_offset() != offset_before {
-                self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
-                result = mint_once(&self.app, &self.client, &self.params).await;
-            }
+        if let Err(error) = &result
+            && error.kind() == ErrorKind::ClockSkew
+            && self.app.clock_offset() != offset_before
+        {
+            self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
+            result = mint_once(&self.app, &self.client, &self.params).await;
         }
         result.map(|minted| {
-            self.timing.entry(minted, self.params.installation_id, self.scoped, Arc::downgrade(self))
+            self.timing.entry(
+                minted,
+                self.params.installation_id,
+                self.scoped,
+                Arc::downgrade(self),
+            )
         })
     }
 
     fn backoff(&self, failures: u32, now: Instant) -> Duration {
-        let exponential = self.timing.backoff_min.saturating_mul(1 << (failures.saturating_sub(1)).min(20));
-        let delay = exponential.min(self.timing.backoff_max).mul_f64(0.5 + fastrand::f64() * 0.5);
+        let exponential = self
+            .timing
+            .backoff_min
+            .saturating_mul(1 << (failures.saturating_sub(1)).min(20));
+        let delay = exponential
+            .min(self.timing.backoff_max)
+            .mul_f64(0.5 + fastrand::f64() * 0.5);
         // While the old token is still usable, try again at least twice before it runs out.
         match self.current.load().as_deref() {
             Some(token) if token.usable_until > now => {
@@ -215,12 +247,18 @@ pub(crate) struct Handle {
 
 impl Handle {
     pub(crate) fn new(shared: Shared) -> Self {
-        Handle { shared: Arc::new(shared), shutdown: watch::Sender::new(()) }
+        Handle {
+            shared: Arc::new(shared),
+            shutdown: watch::Sender::new(()),
+        }
     }
 
     /// The slow path: no usable token. Waits for the refresher's next outcome; fails fast while a failed
     /// mint's backoff runs, so a broken token endpoint never makes requests hang.
-    pub(crate) async fn acquire(&self, validity: Option<Duration>) -> Result<Arc<TokenEntry>, Error> {
+    pub(crate) async fn acquire(
+        &self,
+        validity: Option<Duration>,
+    ) -> Result<Arc<TokenEntry>, Error> {
         let shared = &self.shared;
         let mut status = shared.status.subscribe();
         let mut asked = false;
@@ -253,7 +291,10 @@ impl Handle {
                     let mut wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner());
                     *wanted = Some(wanted.map_or(validity, |w| w.max(validity)));
                 }
-                shared.counters.waited_requests.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .waited_requests
+                    .fetch_add(1, Ordering::Relaxed);
                 shared.demand.notify_one();
             }
             // The sender lives in `shared`, which this future holds: `changed` cannot fail.
@@ -263,7 +304,11 @@ impl Handle {
 
     /// Starts the refresher on the current Tokio runtime unless it runs already (it stops with its runtime).
     fn ensure_running(&self) -> Result<(), Error> {
-        let mut running = self.shared.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = self
+            .shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if *running {
             return Ok(());
         }

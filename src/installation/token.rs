@@ -71,7 +71,11 @@ impl InstallationToken {
     /// The token itself. Keep it out of logs, URLs and error messages.
     pub fn expose_secret(&self) -> &str {
         // Checked to be visible ASCII when it was received.
-        self.entry.authorization.to_str().unwrap_or_default().trim_start_matches("Bearer ")
+        self.entry
+            .authorization
+            .to_str()
+            .unwrap_or_default()
+            .trim_start_matches("Bearer ")
     }
 
     /// `Bearer <token>` as a header value marked sensitive.
@@ -130,7 +134,10 @@ impl fmt::Debug for InstallationToken {
         f.debug_struct("InstallationToken")
             .field("serial", &self.entry.serial)
             .field("installation_id", &self.entry.installation_id)
-            .field("expires_at", &humantime::format_rfc3339_seconds(self.entry.expires_at))
+            .field(
+                "expires_at",
+                &humantime::format_rfc3339_seconds(self.entry.expires_at),
+            )
             .field("scoped", &self.entry.scoped)
             .field("token", &"[redacted]")
             .finish()
@@ -177,7 +184,10 @@ impl InstallationTokenUsed {
     /// Tells the token's source that GitHub refused it: if it is still the current token, it is dropped and one
     /// new token is minted, shared by every request that waits for it. Returns whether it was current.
     pub fn invalidate(&self) -> bool {
-        self.entry.source.upgrade().is_some_and(|shared| shared.invalidate(self.entry.serial))
+        self.entry
+            .source
+            .upgrade()
+            .is_some_and(|shared| shared.invalidate(self.entry.serial))
     }
 }
 
