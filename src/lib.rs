@@ -10,6 +10,7 @@
 //! - [`app`]: App ids, private keys, App JWTs and the clock offset learned from GitHub.
 //! - [`installation`]: minting installation tokens, the token source and its refresher.
 //! - [`auth`]: the tower layer that stamps requests.
+//! - [`retry`]: the retry policy for credential refusals (replication lag, stale tokens, clock skew).
 //! - `testing` (feature `test-util`): a fake GitHub server to test against.
 //! - `client` (feature `hyper-client`): a ready-made HTTPS client.
 //!
@@ -51,13 +52,15 @@ pub mod auth;
 pub mod client;
 mod error;
 pub mod installation;
+pub mod retry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use app::{AppId, AppJwt, AppJwtClaims, GitHubApp, JwtSigner, PrivateKey};
+pub use app::{AppId, AppJwt, AppJwtClaims, AppJwtUsed, GitHubApp, JwtSigner, PrivateKey};
 pub use auth::{InstallationAuth, InstallationAuthLayer};
 pub use error::{BoxError, Error, ErrorKind};
 pub use installation::{
     ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken,
     InstallationTokenUsed, Repository, TokenScope,
 };
+pub use retry::{RetryGaveUp, RetryOn401Policy};

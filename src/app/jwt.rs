@@ -41,6 +41,8 @@ pub struct AppJwtClaims {
 pub struct AppJwt {
     authorization: HeaderValue,
     claims: AppJwtClaims,
+    /// The App's clock offset when it was signed.
+    offset: i64,
 }
 
 impl AppJwt {
@@ -61,6 +63,54 @@ impl AppJwt {
             .to_str()
             .unwrap_or_default()
             .trim_start_matches("Bearer ")
+    }
+}
+
+/// Put into a response's extensions by [`InstallationAuth`](crate::InstallationAuth) when it stamped the request
+/// with the App JWT (routes such as `/app/installations`), so a retry policy can correct the App's clock when
+/// GitHub refuses the JWT. It does not expose the JWT.
+#[derive(Clone)]
+pub struct AppJwtUsed {
+    pub(crate) app: GitHubApp,
+    pub(crate) claims: AppJwtClaims,
+    pub(crate) offset: i64,
+}
+
+impl AppJwtUsed {
+    pub(crate) fn new(app: GitHubApp, jwt: &AppJwt) -> Self {
+        Self {
+            app,
+            claims: jwt.claims,
+            offset: jwt.offset,
+        }
+    }
+
+    /// The App whose JWT the request carried.
+    pub fn app_id(&self) -> &AppId {
+        self.app.id()
+    }
+
+    /// The JWT's claims.
+    pub fn claims(&self) -> AppJwtClaims {
+        self.claims
+    }
+
+    /// Measures GitHub's clock from an answer's `Date` and stores the offset in the App. Returns whether the
+    /// JWT this request carried was signed with a clock more than 2 s off from that: then a new JWT (signed for
+    /// the retry) will differ and may succeed.
+    pub fn correct_clock(&self, server_date: SystemTime) -> bool {
+        let offset = self.app.learn_clock_offset(server_date, SystemTime::now());
+        (offset - self.offset).abs() > 2
+    }
+}
+
+impl fmt::Debug for AppJwtUsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppJwtUsed")
+            .field("app", self.app.id())
+            .field("claims", &self.claims)
+            .field("clock_offset", &self.offset)
+            .finish()
     }
 }
 
@@ -94,6 +144,7 @@ pub(super) async fn sign(
     signer: &dyn JwtSigner,
     id: &AppId,
     claims: AppJwtClaims,
+    offset: i64,
 ) -> Result<AppJwt, Error> {
     let iss = match id {
         AppId::Id(id) => Iss::Number(*id),
@@ -133,6 +184,7 @@ pub(super) async fn sign(
     Ok(AppJwt {
         authorization,
         claims,
+        offset,
     })
 }
 
@@ -171,7 +223,9 @@ impl JwtCache {
         }
         let now = SystemTime::now();
         let offset = app.clock_offset();
-        let jwt = app.sign_claims(app.claims_at(now)).await?;
+        let jwt = app
+            .sign_claims_with_offset(app.claims_at(now), offset)
+            .await?;
         *slot = Some(CachedJwt {
             jwt: jwt.clone(),
             offset,

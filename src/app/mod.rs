@@ -24,7 +24,7 @@
 mod jwt;
 mod key;
 
-pub use jwt::{AppJwt, AppJwtClaims, JwtSigner};
+pub use jwt::{AppJwt, AppJwtClaims, AppJwtUsed, JwtSigner};
 pub use key::PrivateKey;
 
 use std::fmt;
@@ -186,8 +186,17 @@ impl GitHubApp {
 
     /// Signs a JWT for exactly these claims, bypassing the cache and the clock. For tests and conformance.
     pub async fn sign_claims(&self, claims: AppJwtClaims) -> Result<AppJwt, Error> {
+        self.sign_claims_with_offset(claims, self.clock_offset())
+            .await
+    }
+
+    async fn sign_claims_with_offset(
+        &self,
+        claims: AppJwtClaims,
+        offset: i64,
+    ) -> Result<AppJwt, Error> {
         self.inner.id.validate()?;
-        let jwt = jwt::sign(&*self.inner.signer, &self.inner.id, claims).await?;
+        let jwt = jwt::sign(&*self.inner.signer, &self.inner.id, claims, offset).await?;
         self.inner.signatures.fetch_add(1, Ordering::Relaxed);
         Ok(jwt)
     }

@@ -5,15 +5,29 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::app::AppJwtUsed;
 use crate::error::{BoxError, Error};
 use crate::installation::InstallationTokenUsed;
 use crate::installation::token::TokenEntry;
 
-type Acquire = Pin<Box<dyn Future<Output = Result<Arc<TokenEntry>, Error>> + Send>>;
+/// The credential a waiting request gets once it is available.
+pub(super) enum Stamp {
+    Installation(Arc<TokenEntry>),
+    AppJwt(HeaderValue, AppJwtUsed),
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<Stamp, Error>> + Send>>;
+
+/// Which credential the response's extensions will name.
+enum Used {
+    Nothing,
+    Installation(InstallationTokenUsed),
+    AppJwt(AppJwtUsed),
+}
 
 pin_project! {
     /// Response future of [`InstallationAuth`](super::InstallationAuth).
@@ -35,7 +49,7 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
-            used: Option<InstallationTokenUsed>,
+            used: Used,
         },
         Waiting {
             acquire: Acquire,
@@ -56,14 +70,17 @@ where
         Self {
             state: State::Calling {
                 future,
-                used: Some(used),
+                used: Used::Installation(used),
             },
         }
     }
 
     pub(super) fn passthrough(future: S::Future) -> Self {
         Self {
-            state: State::Calling { future, used: None },
+            state: State::Calling {
+                future,
+                used: Used::Nothing,
+            },
         }
     }
 
@@ -97,8 +114,14 @@ where
             match state.as_mut().project() {
                 StateProj::Calling { future, used } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if let Some(used) = used.take() {
-                        response.extensions_mut().insert(used);
+                    match std::mem::replace(used, Used::Nothing) {
+                        Used::Nothing => {}
+                        Used::Installation(used) => {
+                            response.extensions_mut().insert(used);
+                        }
+                        Used::AppJwt(used) => {
+                            response.extensions_mut().insert(used);
+                        }
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -107,22 +130,24 @@ where
                     inner,
                     request,
                 } => {
-                    let token = match ready!(acquire.as_mut().poll(cx)) {
-                        Ok(token) => token,
+                    let stamp = match ready!(acquire.as_mut().poll(cx)) {
+                        Ok(stamp) => stamp,
                         Err(error) => return Poll::Ready(Err(error.into())),
                     };
                     let (Some(mut inner), Some(mut request)) = (inner.take(), request.take())
                     else {
                         panic!("InstallationAuth's ResponseFuture polled after completion");
                     };
-                    request
-                        .headers_mut()
-                        .insert(AUTHORIZATION, token.authorization.clone());
+                    let (authorization, used) = match stamp {
+                        Stamp::Installation(entry) => (
+                            entry.authorization.clone(),
+                            Used::Installation(InstallationTokenUsed { entry }),
+                        ),
+                        Stamp::AppJwt(authorization, used) => (authorization, Used::AppJwt(used)),
+                    };
+                    request.headers_mut().insert(AUTHORIZATION, authorization);
                     let future = inner.call(request);
-                    state.set(State::Calling {
-                        future,
-                        used: Some(InstallationTokenUsed { entry: token }),
-                    });
+                    state.set(State::Calling { future, used });
                 }
                 StateProj::Failed { error } => {
                     let error = error

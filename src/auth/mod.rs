@@ -10,7 +10,10 @@
 //! - Requests to the installation's API origin (scheme, host, port) get `Authorization: Bearer <token>`.
 //! - Requests to any other origin pass through untouched: a token is only ever sent to the host it was minted
 //!   for, so a redirect to another host, followed by `FollowRedirect` outside this layer, carries no token.
-//! - A request that already has an `Authorization` header keeps it (for example an App JWT on an `/app` route).
+//! - Requests to the routes GitHub authenticates with the App JWT ([`is_app_jwt_route`]: `/app/...`,
+//!   `/repos/{owner}/{repo}/installation`, ...) get `Authorization: Bearer <App JWT>` instead, and an
+//!   [`AppJwtUsed`](crate::AppJwtUsed) response extension.
+//! - A request that already has an `Authorization` header keeps it.
 //! - A request without a host is refused with [`ErrorKind::InvalidRequest`](crate::ErrorKind::InvalidRequest).
 //! - When no usable token can be had, the request fails with the token source's [`Error`](crate::Error); it is
 //!   never sent without credentials.
@@ -43,8 +46,10 @@
 
 mod future;
 mod layer;
+mod routes;
 mod service;
 
 pub use future::ResponseFuture;
 pub use layer::InstallationAuthLayer;
+pub use routes::is_app_jwt_route;
 pub use service::InstallationAuth;

@@ -6,7 +6,9 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{InstallationAuthLayer, ResponseFuture};
+use super::future::Stamp;
+use super::{InstallationAuthLayer, ResponseFuture, is_app_jwt_route};
+use crate::app::AppJwtUsed;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::installation::{Installation, InstallationTokenUsed};
 
@@ -84,6 +86,25 @@ where
         if request.headers().contains_key(AUTHORIZATION) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
+        let api_path = request
+            .uri()
+            .path()
+            .strip_prefix(shared.params.api_base.path())
+            .unwrap_or_default();
+        if is_app_jwt_route(api_path) {
+            // App routes take the App JWT: cached for minutes, signed anew only near its expiry.
+            let app = shared.app.clone();
+            let clone = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, clone);
+            let stamp = async move {
+                let jwt = app.jwt().await?;
+                Ok(Stamp::AppJwt(
+                    jwt.authorization(),
+                    AppJwtUsed::new(app, &jwt),
+                ))
+            };
+            return ResponseFuture::waiting(Box::pin(stamp), ready, request);
+        }
 
         // The hot path: one load, one header clone.
         let current = shared.current.load();
@@ -107,7 +128,7 @@ where
         let ready = std::mem::replace(&mut self.inner, clone);
         let handle = Arc::clone(&self.installation.handle);
         ResponseFuture::waiting(
-            Box::pin(async move { handle.acquire(None).await }),
+            Box::pin(async move { handle.acquire(None).await.map(Stamp::Installation) }),
             ready,
             request,
         )

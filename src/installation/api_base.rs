@@ -128,6 +128,11 @@ impl ApiBase {
             .or_else(|| default_port(&self.scheme))
     }
 
+    /// The path prefix (`/api/v3` on GitHub Enterprise Server, empty on github.com).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// The host, for messages.
     pub fn host(&self) -> &str {
         self.authority.host()

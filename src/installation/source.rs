@@ -56,6 +56,8 @@ impl Timing {
             scoped,
             details: minted.details,
             source,
+            replicated: Default::default(),
+            replicated_notify: Default::default(),
         }
     }
 }

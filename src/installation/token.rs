@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::source::Shared;
@@ -28,6 +30,10 @@ pub(crate) struct TokenEntry {
     pub(crate) scoped: bool,
     pub(crate) details: TokenDetails,
     pub(crate) source: Weak<Shared>,
+    /// Set once GitHub accepted the token (seen by the retry policy), waking requests that wait out its
+    /// replication lag.
+    pub(crate) replicated: AtomicBool,
+    pub(crate) replicated_notify: Notify,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -43,6 +49,12 @@ pub(crate) struct TokenDetails {
 impl TokenEntry {
     pub(crate) fn is_valid_for(&self, now: Instant, validity: Duration) -> bool {
         now + validity <= self.expires
+    }
+
+    pub(crate) fn mark_replicated(&self) {
+        if !self.replicated.swap(true, Ordering::AcqRel) {
+            self.replicated_notify.notify_waiters();
+        }
     }
 }
 
