@@ -1,13 +1,14 @@
 //! The crate's main job, end to end, with no account and no network: a fake GitHub on 127.0.0.1 issues tokens
-//! that live 4 seconds, and a steady stream of API requests goes through a tower stack for 7 seconds while the
-//! token is replaced in the background at least twice.
+//! that live 4 seconds and refuses each new token for its first 300 ms (replication lag), and a steady stream of
+//! API requests goes through a tower stack for 7 seconds while the token is replaced in the background at least
+//! twice.
 //!
 //! ```text
 //! cargo run --example demo --features test-util
 //! ```
 //!
-//! The stack is what an application builds: tower-http `TraceLayer`, a timeout, `InstallationAuthLayer`, and a
-//! hyper-util client, the same client that mints the tokens.
+//! The stack is what an application builds: tower-http `TraceLayer`, a timeout, `RetryLayer<RetryOn401Policy>`,
+//! `InstallationAuthLayer`, and a hyper-util client, the same client that mints the tokens.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -17,9 +18,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use tower::retry::RetryLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_github_app::testing::{Credential, FakeGitHub, TokenState};
-use tower_github_app::{Installation, InstallationAuthLayer, InstallationTokenUsed};
+use tower_github_app::{
+    Installation, InstallationAuthLayer, InstallationTokenUsed, RetryOn401Policy,
+};
 use tower_http::trace::TraceLayer;
 
 const RUN_FOR: Duration = Duration::from_secs(7);
@@ -36,10 +40,11 @@ async fn main() -> ExitCode {
 
     let github = FakeGitHub::builder()
         .token_lifetime(Duration::from_secs(4))
+        .replication_lag(Duration::from_millis(300))
         .start()
         .await;
     println!(
-        "fake GitHub listening on {}, tokens live 4 s",
+        "fake GitHub listening on {}, tokens live 4 s and are refused for their first 300 ms",
         github.api_base()
     );
 
@@ -51,6 +56,7 @@ async fn main() -> ExitCode {
     let service = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
         .timeout(Duration::from_secs(10))
+        .layer(RetryLayer::new(RetryOn401Policy::default()))
         .layer(InstallationAuthLayer::new(installation.clone()))
         .service(client);
 
@@ -132,18 +138,20 @@ async fn main() -> ExitCode {
         "requests that waited for a token: {} (the cold start)",
         stats.waited_requests
     );
-    println!("requests GitHub refused (401):    {refused}");
+    println!(
+        "attempts GitHub refused (401):    {refused} (cold start's fresh token, retried by RetryOn401Policy)"
+    );
     println!("failed mint attempts:             {}", stats.failed_mints);
     println!(
         "App JWTs signed:                  {}",
         installation.app().jwt_signatures()
     );
 
-    if failed == 0 && refused == 0 && stats.mints >= 3 && stats.waited_requests <= WORKERS as u64 {
+    if failed == 0 && stats.mints >= 3 && stats.waited_requests <= WORKERS as u64 {
         println!("ok");
         ExitCode::SUCCESS
     } else {
-        println!("FAILED: expected no failures, no refusals and at least two background refreshes");
+        println!("FAILED: expected no failed request and at least two background refreshes");
         ExitCode::FAILURE
     }
 }

@@ -414,3 +414,71 @@ fn outside_a_runtime_the_error_says_what_is_needed() {
     assert_eq!(error.kind(), ErrorKind::Runtime);
     assert!(error.to_string().contains("Tokio runtime"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn refreshed_tokens_are_used_only_after_a_replication_grace() {
+    // GitHub refuses each new token for 3 s. Without any retry policy, no request after the cold start meets
+    // that: the old token serves for 5 s more after each refresh.
+    let github = FakeGitHub::builder()
+        .replication_lag(Duration::from_secs(3))
+        .start()
+        .await;
+    let installation = installation(&github);
+    installation.token().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut service = ServiceBuilder::new()
+        .layer(InstallationAuthLayer::new(installation.clone()))
+        .service(github.client());
+    let url = format!("{}/installation/repositories", github.api_base());
+    // Two hours, a request every second, so every refresh is probed within its first seconds.
+    for _ in 0..(2 * 3600) {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&url))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(github.mint_count() >= 3, "{}", github.mint_count());
+    assert!(
+        api_token_states(&github)
+            .iter()
+            .all(|s| *s == Some(TokenState::Valid))
+    );
+
+    // With the grace switched off, requests right after each refresh meet the lag.
+    let github = FakeGitHub::builder()
+        .replication_lag(Duration::from_secs(3))
+        .start()
+        .await;
+    let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+        .api_base(&github.api_base())
+        .replication_grace(Duration::ZERO)
+        .build(github.client())
+        .unwrap();
+    installation.token().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut service = ServiceBuilder::new()
+        .layer(InstallationAuthLayer::new(installation.clone()))
+        .service(github.client());
+    let url = format!("{}/installation/repositories", github.api_base());
+    let mut refused = 0;
+    for _ in 0..(2 * 3600) {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&url))
+            .await
+            .unwrap();
+        refused += usize::from(response.status() == 401);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        refused >= 2,
+        "each refresh without grace meets the lag: {refused}"
+    );
+}

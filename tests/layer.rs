@@ -146,3 +146,44 @@ async fn the_inner_services_error_passes_through() {
     let error = call.await.unwrap().unwrap_err();
     assert_eq!(error.to_string(), "connection reset");
 }
+
+#[tokio::test]
+async fn app_routes_get_the_app_jwt_and_say_so() {
+    let (github, installation, service, mut handle) = setup().await;
+    handle.allow(2);
+    for path in [
+        "/app/installations",
+        "/repos/octo-org/octo-repo/installation",
+    ] {
+        let call = tokio::spawn(
+            service
+                .clone()
+                .oneshot(get(&format!("{}{path}", github.api_base()))),
+        );
+        let (request, respond) = handle.next_request().await.unwrap();
+        let authorization = request.headers().get(AUTHORIZATION).unwrap();
+        assert!(authorization.is_sensitive());
+        assert!(
+            authorization.to_str().unwrap().starts_with("Bearer eyJ"),
+            "{path}"
+        );
+        respond.send_response(Response::new("ok"));
+        let response = call.await.unwrap().unwrap();
+        let used = response
+            .extensions()
+            .get::<tower_github_app::AppJwtUsed>()
+            .unwrap();
+        assert_eq!(used.app_id(), installation.app().id());
+        assert!(!format!("{used:?}").contains("eyJ"));
+    }
+    assert_eq!(
+        github.mint_count(),
+        0,
+        "App routes need no installation token"
+    );
+    assert_eq!(
+        installation.app().jwt_signatures(),
+        1,
+        "one JWT served both"
+    );
+}

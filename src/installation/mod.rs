@@ -54,9 +54,9 @@ use source::{Handle, Shared, Timing};
 /// - Exactly one mint is in flight at any time, however many requests arrive.
 /// - Requests that arrive before the first token exists wait for that one mint; while a usable token exists,
 ///   nothing waits.
-/// - The refresher replaces a token when about 10 minutes remain (configurable, jittered), retries a failed
-///   refresh with bounded exponential backoff while the old token still serves, and stops when the last handle
-///   is dropped. It starts lazily, on the first request, on the Tokio runtime that request runs on.
+/// - The refresher replaces a token when about 10 minutes remain (configurable, jittered), keeps using the old
+///   one for a few seconds while GitHub replicates the new one, retries a failed refresh with bounded exponential
+///   backoff while the old token still serves, and stops when the last handle is dropped. It starts lazily, on the first request, on the Tokio runtime that request runs on.
 ///
 /// Wrap an HTTP service with [`InstallationAuthLayer`](crate::InstallationAuthLayer) to stamp requests with it,
 /// or call [`token`](Installation::token) for `git` and subprocesses.
@@ -78,6 +78,7 @@ impl Installation {
                 min_remaining: InstallationBuilder::DEFAULT_MIN_REMAINING,
                 backoff_min: Duration::from_secs(1),
                 backoff_max: Duration::from_secs(60),
+                replication_grace: Duration::from_secs(5),
             },
             mint_timeout: Duration::from_secs(30),
             user_agent: None,
@@ -190,6 +191,14 @@ impl InstallationBuilder {
     pub fn refresh_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.timing.backoff_min = min;
         self.timing.backoff_max = max;
+        self
+    }
+
+    /// After a scheduled refresh, keep stamping the old (still valid) token this long before switching to the
+    /// new one, so requests do not meet GitHub's replication lag of fresh tokens (default 5 s, at most a tenth
+    /// of the lifetime; zero switches at once). A cold start or an invalidation never waits for it.
+    pub fn replication_grace(mut self, grace: Duration) -> Self {
+        self.timing.replication_grace = grace;
         self
     }
 

@@ -24,6 +24,7 @@ pub(crate) struct Timing {
     pub(crate) min_remaining: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) replication_grace: Duration,
 }
 
 impl Timing {
@@ -373,7 +374,29 @@ async fn refresh(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
             Ok(token) => {
                 failures = 0;
                 retry_at = None;
-                *shared.wanted.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                let wanted = shared
+                    .wanted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                // A scheduled refresh while the old token still serves: keep stamping the old one while GitHub
+                // replicates the new one, so requests never meet a token GitHub may not know yet. Anyone who
+                // asks for a token meanwhile (an invalidation, token_valid_for) ends the wait.
+                let lifetime = token.expires.saturating_duration_since(token.received_at);
+                let grace = shared.timing.replication_grace.min(lifetime / 10);
+                let old_serves = shared
+                    .current
+                    .load()
+                    .as_ref()
+                    .is_some_and(|old| Instant::now() + grace < old.usable_until);
+                if wanted.is_none() && old_serves && !grace.is_zero() {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => return,
+                        _ = shared.demand.notified() => {}
+                        _ = tokio::time::sleep(grace) => {}
+                    }
+                }
                 tracing::debug!(
                     installation,
                     serial = token.serial,
