@@ -21,9 +21,7 @@ use http_body_util::{BodyExt, Full};
 use tower::retry::RetryLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_github_app::testing::{Credential, FakeGitHub, TokenState};
-use tower_github_app::{
-    Installation, InstallationAuthLayer, InstallationTokenUsed, RetryOn401Policy,
-};
+use tower_github_app::{Installation, InstallationAuthLayer, InstallationTokenUsed, RetryOn401Policy};
 use tower_http::trace::TraceLayer;
 
 const RUN_FOR: Duration = Duration::from_secs(7);
@@ -43,10 +41,7 @@ async fn main() -> ExitCode {
         .replication_lag(Duration::from_millis(300))
         .start()
         .await;
-    println!(
-        "fake GitHub listening on {}, tokens live 4 s and are refused for their first 300 ms",
-        github.api_base()
-    );
+    println!("fake GitHub listening on {}, tokens live 4 s and are refused for their first 300 ms", github.api_base());
 
     let client = github.client();
     let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
@@ -57,7 +52,7 @@ async fn main() -> ExitCode {
         .layer(TraceLayer::new_for_http())
         .timeout(Duration::from_secs(10))
         .layer(RetryLayer::new(RetryOn401Policy::default()))
-        .layer(InstallationAuthLayer::new(installation.clone()))
+        .layer(InstallationAuthLayer::new(installation.clone()).token_used_on_every_response())
         .service(client);
 
     let sent = Arc::new(AtomicU64::new(0));
@@ -71,16 +66,12 @@ async fn main() -> ExitCode {
             tokio::spawn(async move {
                 let mut serials = BTreeSet::new();
                 while started.elapsed() < RUN_FOR {
-                    let request = http::Request::get(&url)
-                        .body(Full::<Bytes>::default())
-                        .expect("valid request");
+                    let request = http::Request::get(&url).body(Full::<Bytes>::default()).expect("valid request");
                     sent.fetch_add(1, Ordering::Relaxed);
                     match service.ready().await.map(|s| s.call(request)) {
                         Ok(call) => match call.await {
                             Ok(response) if response.status() == 200 => {
-                                if let Some(used) =
-                                    response.extensions().get::<InstallationTokenUsed>()
-                                {
+                                if let Some(used) = response.extensions().get::<InstallationTokenUsed>() {
                                     serials.insert(used.serial());
                                 }
                                 let _ = response.into_body().collect().await;
@@ -118,34 +109,16 @@ async fn main() -> ExitCode {
         .count();
     let sent = sent.load(Ordering::Relaxed);
     let failed = failed.load(Ordering::Relaxed);
-    println!(
-        "ran {:.1} s with {WORKERS} concurrent workers",
-        started.elapsed().as_secs_f64()
-    );
+    println!("ran {:.1} s with {WORKERS} concurrent workers", started.elapsed().as_secs_f64());
     println!("requests sent:                    {sent}");
     println!("requests failed:                  {failed}");
-    println!(
-        "tokens minted:                    {} (fake GitHub counted {})",
-        stats.mints,
-        github.mint_count()
-    );
-    println!(
-        "background refreshes:             {}",
-        stats.mints.saturating_sub(1)
-    );
+    println!("tokens minted:                    {} (fake GitHub counted {})", stats.mints, github.mint_count());
+    println!("background refreshes:             {}", stats.mints.saturating_sub(1));
     println!("distinct tokens on requests:      {}", tokens_used.len());
-    println!(
-        "requests that waited for a token: {} (the cold start)",
-        stats.waited_requests
-    );
-    println!(
-        "attempts GitHub refused (401):    {refused} (cold start's fresh token, retried by RetryOn401Policy)"
-    );
+    println!("requests that waited for a token: {} (the cold start)", stats.waited_requests);
+    println!("attempts GitHub refused (401):    {refused} (cold start's fresh token, retried by RetryOn401Policy)");
     println!("failed mint attempts:             {}", stats.failed_mints);
-    println!(
-        "App JWTs signed:                  {}",
-        installation.app().jwt_signatures()
-    );
+    println!("App JWTs signed:                  {}", installation.app().jwt_signatures());
 
     if failed == 0 && stats.mints >= 3 && stats.waited_requests <= WORKERS as u64 {
         println!("ok");

@@ -32,16 +32,10 @@ pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub fn https_client() -> Result<HttpsClient, Error> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
-        .map_err(|e| {
-            Error::build(ErrorKind::InvalidConfig, "could not configure TLS")
-                .source(e)
-                .finish()
-        })?
+        .map_err(|e| Error::build(ErrorKind::InvalidConfig, "could not configure TLS").source(e).finish())?
         .https_only()
         .enable_http1()
         .enable_http2()
         .build();
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .build(connector))
+    Ok(Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector))
 }

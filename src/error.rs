@@ -158,9 +158,7 @@ impl ErrorBuilder {
     }
 
     pub(crate) fn finish(self) -> Error {
-        Error {
-            inner: Arc::new(self.0),
-        }
+        Error { inner: Arc::new(self.0) }
     }
 }
 
@@ -180,8 +178,7 @@ impl fmt::Display for Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
-        d.field("kind", &self.inner.kind)
-            .field("message", &self.inner.message);
+        d.field("kind", &self.inner.kind).field("message", &self.inner.message);
         if let Some(status) = self.inner.status {
             d.field("status", &status);
         }
@@ -203,10 +200,7 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner
-            .source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.inner.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -251,22 +245,16 @@ mod tests {
         assert_eq!(scrubbed, "Bad [redacted] and [redacted] fine");
         let long = "x ".repeat(300);
         assert!(scrub(&long).chars().count() <= 201);
-        assert_eq!(
-            scrub("A JSON web token could not be decoded"),
-            "A JSON web token could not be decoded"
-        );
+        assert_eq!(scrub("A JSON web token could not be decoded"), "A JSON web token could not be decoded");
     }
 
     #[test]
     fn display_and_debug_carry_context() {
-        let error = Error::build(
-            ErrorKind::InstallationNotFound,
-            "installation 5 was not found",
-        )
-        .status(StatusCode::NOT_FOUND)
-        .github_message(Some("Not Found".into()))
-        .request_id(Some("ABCD:1234".into()))
-        .finish();
+        let error = Error::build(ErrorKind::InstallationNotFound, "installation 5 was not found")
+            .status(StatusCode::NOT_FOUND)
+            .github_message(Some("Not Found".into()))
+            .request_id(Some("ABCD:1234".into()))
+            .finish();
         assert_eq!(
             error.to_string(),
             "installation 5 was not found (GitHub said: \"Not Found\") [request id ABCD:1234]"

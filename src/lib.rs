@@ -60,7 +60,7 @@ pub use app::{AppId, AppJwt, AppJwtClaims, AppJwtUsed, GitHubApp, JwtSigner, Pri
 pub use auth::{InstallationAuth, InstallationAuthLayer};
 pub use error::{BoxError, Error, ErrorKind};
 pub use installation::{
-    ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken,
-    InstallationTokenUsed, Repository, TokenScope,
+    ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken, InstallationTokenUsed,
+    Repository, TokenScope,
 };
 pub use retry::{RetryGaveUp, RetryOn401Policy};

@@ -35,13 +35,7 @@ async fn the_vector_also_holds_with_escaped_newlines_and_quotes() {
         format!("  \n{pem}\n\n"),
     ] {
         let app = GitHubApp::from_pem(1, mangled).unwrap();
-        assert_eq!(
-            app.sign_claims(vector_claims())
-                .await
-                .unwrap()
-                .expose_secret(),
-            expected.trim()
-        );
+        assert_eq!(app.sign_claims(vector_claims()).await.unwrap().expose_secret(), expected.trim());
     }
 }
 
@@ -50,18 +44,13 @@ async fn client_ids_go_into_iss_as_strings_and_app_ids_as_numbers() {
     use base64::Engine as _;
     let pem = read("vectors/octokit-jwt/private-key-pkcs1.pem");
     for (id, payload) in [
-        (
-            AppId::from("Iv1.0123abcd"),
-            r#"{"iat":-30,"exp":570,"iss":"Iv1.0123abcd"}"#,
-        ),
+        (AppId::from("Iv1.0123abcd"), r#"{"iat":-30,"exp":570,"iss":"Iv1.0123abcd"}"#),
         (AppId::from("1"), r#"{"iat":-30,"exp":570,"iss":1}"#),
     ] {
         let app = GitHubApp::from_pem(id, &pem).unwrap();
         let jwt = app.sign_claims(vector_claims()).await.unwrap();
         let segment = jwt.expose_secret().split('.').nth(1).unwrap().to_owned();
-        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(segment)
-            .unwrap();
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), payload);
     }
 }
@@ -70,30 +59,12 @@ async fn client_ids_go_into_iss_as_strings_and_app_ids_as_numbers() {
 async fn claims_backdate_iat_and_follow_the_clock_offset() {
     let app = GitHubApp::from_pem(7, read("vectors/octokit-jwt/private-key-pkcs1.pem")).unwrap();
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-    assert_eq!(
-        app.claims_at(now),
-        AppJwtClaims {
-            iat: 1_000_000 - 60,
-            exp: 1_000_000 + 570
-        }
-    );
+    assert_eq!(app.claims_at(now), AppJwtClaims { iat: 1_000_000 - 60, exp: 1_000_000 + 570 });
     app.set_clock_offset(-600);
-    assert_eq!(
-        app.claims_at(now),
-        AppJwtClaims {
-            iat: 1_000_000 - 660,
-            exp: 1_000_000 - 30
-        }
-    );
+    assert_eq!(app.claims_at(now), AppJwtClaims { iat: 1_000_000 - 660, exp: 1_000_000 - 30 });
     // Learned from a Date header: small differences are noise, large ones replace the offset.
-    assert_eq!(
-        app.learn_clock_offset(now - Duration::from_secs(599), now),
-        -600
-    );
-    assert_eq!(
-        app.learn_clock_offset(now + Duration::from_secs(300), now),
-        300
-    );
+    assert_eq!(app.learn_clock_offset(now - Duration::from_secs(599), now), -600);
+    assert_eq!(app.learn_clock_offset(now + Duration::from_secs(300), now), 300);
 }
 
 #[tokio::test]
@@ -102,10 +73,7 @@ async fn a_jwt_is_signed_once_and_reused_until_shortly_before_exp() {
     let app = GitHubApp::from_pem(7, read("vectors/octokit-jwt/private-key-pkcs1.pem")).unwrap();
     let first = app.jwt().await.unwrap();
     for _ in 0..1000 {
-        assert_eq!(
-            app.jwt().await.unwrap().expose_secret(),
-            first.expose_secret()
-        );
+        assert_eq!(app.jwt().await.unwrap().expose_secret(), first.expose_secret());
     }
     assert_eq!(app.jwt_signatures(), 1);
     // Nine minutes on: exp is 30 s away, so a new one is signed.
@@ -123,35 +91,12 @@ async fn a_jwt_is_signed_once_and_reused_until_shortly_before_exp() {
 fn jwt_lifetime_is_bounded_by_githubs_limit() {
     let key = PrivateKey::from_pem(read("vectors/octokit-jwt/private-key-pkcs1.pem")).unwrap();
     for seconds in [0, 59, 601, 3600] {
-        let err = GitHubApp::builder(1)
-            .private_key(key.clone())
-            .jwt_lifetime(Duration::from_secs(seconds))
-            .build();
-        assert_eq!(
-            err.unwrap_err().kind(),
-            ErrorKind::InvalidConfig,
-            "{seconds}"
-        );
+        let err = GitHubApp::builder(1).private_key(key.clone()).jwt_lifetime(Duration::from_secs(seconds)).build();
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::InvalidConfig, "{seconds}");
     }
-    assert!(
-        GitHubApp::builder(1)
-            .private_key(key.clone())
-            .jwt_lifetime(Duration::from_secs(600))
-            .build()
-            .is_ok()
-    );
-    assert_eq!(
-        GitHubApp::builder(0)
-            .private_key(key)
-            .build()
-            .unwrap_err()
-            .kind(),
-        ErrorKind::InvalidConfig
-    );
-    assert_eq!(
-        GitHubApp::builder(1).build().unwrap_err().kind(),
-        ErrorKind::InvalidConfig
-    );
+    assert!(GitHubApp::builder(1).private_key(key.clone()).jwt_lifetime(Duration::from_secs(600)).build().is_ok());
+    assert_eq!(GitHubApp::builder(0).private_key(key).build().unwrap_err().kind(), ErrorKind::InvalidConfig);
+    assert_eq!(GitHubApp::builder(1).build().unwrap_err().kind(), ErrorKind::InvalidConfig);
 }
 
 #[test]
@@ -159,70 +104,29 @@ fn keys_that_cannot_sign_are_refused_with_directions() {
     let pkcs1 = read("vectors/octokit-jwt/private-key-pkcs1.pem");
     let body_line = pkcs1.lines().nth(1).unwrap().to_owned();
     let cases: Vec<(&str, String, &str)> = vec![
-        (
-            "openssh",
-            read("vectors/octokit-jwt/private-key-openssh.txt"),
-            "ssh-keygen -p -m PEM",
-        ),
-        (
-            "public key",
-            read("vectors/octokit-jwt/public-key.pem"),
-            "public key",
-        ),
-        (
-            "certificate",
-            read("fixtures/certificate.pem"),
-            "certificate",
-        ),
-        (
-            "encrypted pkcs8",
-            read("fixtures/encrypted-pkcs8.pem"),
-            "openssl pkey",
-        ),
-        (
-            "encrypted pkcs1",
-            read("fixtures/encrypted-pkcs1.pem"),
-            "openssl pkey",
-        ),
+        ("openssh", read("vectors/octokit-jwt/private-key-openssh.txt"), "ssh-keygen -p -m PEM"),
+        ("public key", read("vectors/octokit-jwt/public-key.pem"), "public key"),
+        ("certificate", read("fixtures/certificate.pem"), "certificate"),
+        ("encrypted pkcs8", read("fixtures/encrypted-pkcs8.pem"), "openssl pkey"),
+        ("encrypted pkcs1", read("fixtures/encrypted-pkcs1.pem"), "openssl pkey"),
         ("ec sec1", read("fixtures/ec-sec1.pem"), "EC private key"),
         ("ec pkcs8", read("fixtures/ec-pkcs8.pem"), "EC private key"),
         ("ed25519", read("fixtures/ed25519-pkcs8.pem"), "Ed25519"),
         ("rsa 1024", read("fixtures/rsa-1024.pem"), "2048 bits"),
         ("empty", String::new(), "empty"),
         ("whitespace", "  \n ".into(), "empty"),
-        (
-            "truncated",
-            pkcs1.lines().take(10).collect::<Vec<_>>().join("\n"),
-            "truncated",
-        ),
+        ("truncated", pkcs1.lines().take(10).collect::<Vec<_>>().join("\n"), "truncated"),
         (
             "cut in the middle",
-            pkcs1.lines().take(12).collect::<Vec<_>>().join("\n")
-                + "\n-----END RSA PRIVATE KEY-----",
+            pkcs1.lines().take(12).collect::<Vec<_>>().join("\n") + "\n-----END RSA PRIVATE KEY-----",
             "damaged",
         ),
-        (
-            "cut mid-line",
-            pkcs1[..pkcs1.len() / 2].to_owned() + "\n-----END RSA PRIVATE KEY-----",
-            "base64",
-        ),
-        (
-            "bad base64",
-            pkcs1.replacen(&body_line, &"!".repeat(64), 1),
-            "base64",
-        ),
+        ("cut mid-line", pkcs1[..pkcs1.len() / 2].to_owned() + "\n-----END RSA PRIVATE KEY-----", "base64"),
+        ("bad base64", pkcs1.replacen(&body_line, &"!".repeat(64), 1), "base64"),
         ("no pem", "just some text".into(), "no PEM block"),
         ("path", "/etc/keys/app.pem".into(), "file path"),
-        (
-            "ssh public",
-            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ user@host".into(),
-            "SSH public key",
-        ),
-        (
-            "unknown label",
-            "-----BEGIN FOO-----\nAAAA\n-----END FOO-----".into(),
-            "FOO",
-        ),
+        ("ssh public", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ user@host".into(), "SSH public key"),
+        ("unknown label", "-----BEGIN FOO-----\nAAAA\n-----END FOO-----".into(), "FOO"),
     ];
     for (name, input, hint) in cases {
         let err = PrivateKey::from_pem(&input).unwrap_err();
@@ -233,24 +137,12 @@ fn keys_that_cannot_sign_are_refused_with_directions() {
     }
     let not_utf8 = PrivateKey::from_pem([0xff, 0xfe, 0x00]).unwrap_err();
     assert!(not_utf8.to_string().contains("DER"));
-    assert_eq!(
-        PrivateKey::from_der(&[0x30, 0x03, 0x02, 0x01])
-            .unwrap_err()
-            .kind(),
-        ErrorKind::InvalidKey
-    );
+    assert_eq!(PrivateKey::from_der(&[0x30, 0x03, 0x02, 0x01]).unwrap_err().kind(), ErrorKind::InvalidKey);
 }
 
 #[test]
 fn a_certificate_bundle_with_a_key_uses_the_key() {
-    let bundle = format!(
-        "{}\n{}",
-        read("fixtures/certificate.pem"),
-        read("vectors/octokit-jwt/private-key-pkcs8.pem")
-    );
+    let bundle = format!("{}\n{}", read("fixtures/certificate.pem"), read("vectors/octokit-jwt/private-key-pkcs8.pem"));
     let key = PrivateKey::from_pem(bundle).unwrap();
-    assert_eq!(
-        format!("{key:?}"),
-        "PrivateKey { format: \"PKCS#8\", bits: 2048, .. }"
-    );
+    assert_eq!(format!("{key:?}"), "PrivateKey { format: \"PKCS#8\", bits: 2048, .. }");
 }

@@ -11,27 +11,20 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 use tower_github_app::testing::FakeGitHub;
-use tower_github_app::{
-    Error, ErrorKind, Installation, InstallationAuthLayer, InstallationTokenUsed,
-};
+use tower_github_app::{Error, ErrorKind, Installation, InstallationAuthLayer, InstallationTokenUsed};
 use tower_test::mock;
 
 type Mock = mock::Mock<Request<Full<Bytes>>, Response<&'static str>>;
 type Handle = mock::Handle<Request<Full<Bytes>>, Response<&'static str>>;
 
-async fn setup() -> (
-    FakeGitHub,
-    Installation,
-    tower_github_app::InstallationAuth<Mock>,
-    Handle,
-) {
+async fn setup() -> (FakeGitHub, Installation, tower_github_app::InstallationAuth<Mock>, Handle) {
     let github = FakeGitHub::start().await;
     let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
         .api_base(&github.api_base())
         .build(github.client())
         .unwrap();
     let (inner, handle) = mock::pair();
-    let service = InstallationAuthLayer::new(installation.clone()).layer(inner);
+    let service = InstallationAuthLayer::new(installation.clone()).token_used_on_every_response().layer(inner);
     (github, installation, service, handle)
 }
 
@@ -55,17 +48,11 @@ async fn requests_to_the_api_get_the_sensitive_token_and_responses_say_which() {
     let token = installation.token().await.unwrap();
     let authorization = request.headers().get(AUTHORIZATION).unwrap();
     assert!(authorization.is_sensitive());
-    assert_eq!(
-        authorization.to_str().unwrap(),
-        format!("Bearer {}", token.expose_secret())
-    );
+    assert_eq!(authorization.to_str().unwrap(), format!("Bearer {}", token.expose_secret()));
     assert!(format!("{:?}", request.headers()).contains("Sensitive"));
     respond.send_response(Response::new("ok"));
     let response = call.await.unwrap().unwrap();
-    let used = response
-        .extensions()
-        .get::<InstallationTokenUsed>()
-        .unwrap();
+    let used = response.extensions().get::<InstallationTokenUsed>().unwrap();
     assert_eq!(used.serial(), token.serial());
     assert_eq!(used.installation_id(), FakeGitHub::INSTALLATION_ID);
 
@@ -96,12 +83,7 @@ async fn other_hosts_never_see_the_token() {
         assert!(request.headers().get(AUTHORIZATION).is_none(), "{url}");
         respond.send_response(Response::new("ok"));
         let response = call.await.unwrap().unwrap();
-        assert!(
-            response
-                .extensions()
-                .get::<InstallationTokenUsed>()
-                .is_none()
-        );
+        assert!(response.extensions().get::<InstallationTokenUsed>().is_none());
     }
 }
 
@@ -126,10 +108,7 @@ async fn an_authorization_set_by_the_caller_is_kept() {
 async fn a_request_without_a_host_is_refused_and_not_sent() {
     let (_github, _installation, service, mut handle) = setup().await;
     handle.allow(1);
-    let error = service
-        .oneshot(get("/repos/octo-org/octo-repo"))
-        .await
-        .unwrap_err();
+    let error = service.oneshot(get("/repos/octo-org/octo-repo")).await.unwrap_err();
     let error = error.downcast::<Error>().unwrap();
     assert_eq!(error.kind(), ErrorKind::InvalidRequest);
     assert!(error.to_string().contains("absolute URIs"));
@@ -151,39 +130,38 @@ async fn the_inner_services_error_passes_through() {
 async fn app_routes_get_the_app_jwt_and_say_so() {
     let (github, installation, service, mut handle) = setup().await;
     handle.allow(2);
-    for path in [
-        "/app/installations",
-        "/repos/octo-org/octo-repo/installation",
-    ] {
-        let call = tokio::spawn(
-            service
-                .clone()
-                .oneshot(get(&format!("{}{path}", github.api_base()))),
-        );
+    for path in ["/app/installations", "/repos/octo-org/octo-repo/installation"] {
+        let call = tokio::spawn(service.clone().oneshot(get(&format!("{}{path}", github.api_base()))));
         let (request, respond) = handle.next_request().await.unwrap();
         let authorization = request.headers().get(AUTHORIZATION).unwrap();
         assert!(authorization.is_sensitive());
-        assert!(
-            authorization.to_str().unwrap().starts_with("Bearer eyJ"),
-            "{path}"
-        );
+        assert!(authorization.to_str().unwrap().starts_with("Bearer eyJ"), "{path}");
         respond.send_response(Response::new("ok"));
         let response = call.await.unwrap().unwrap();
-        let used = response
-            .extensions()
-            .get::<tower_github_app::AppJwtUsed>()
-            .unwrap();
+        let used = response.extensions().get::<tower_github_app::AppJwtUsed>().unwrap();
         assert_eq!(used.app_id(), installation.app().id());
         assert!(!format!("{used:?}").contains("eyJ"));
     }
-    assert_eq!(
-        github.mint_count(),
-        0,
-        "App routes need no installation token"
-    );
-    assert_eq!(
-        installation.app().jwt_signatures(),
-        1,
-        "one JWT served both"
-    );
+    assert_eq!(github.mint_count(), 0, "App routes need no installation token");
+    assert_eq!(installation.app().jwt_signatures(), 1, "one JWT served both");
+}
+
+#[tokio::test]
+async fn by_default_only_refusals_carry_the_token_used_extension() {
+    let github = FakeGitHub::start().await;
+    let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+        .api_base(&github.api_base())
+        .build(github.client())
+        .unwrap();
+    let (inner, mut handle): (Mock, Handle) = mock::pair();
+    let service = InstallationAuthLayer::new(installation).layer(inner);
+    handle.allow(2);
+    let url = format!("{}/repos/octo-org/octo-repo", github.api_base());
+    for (status, expected) in [(200, false), (401, true)] {
+        let call = tokio::spawn(service.clone().oneshot(get(&url)));
+        let (_request, respond) = handle.next_request().await.unwrap();
+        respond.send_response(Response::builder().status(status).body("").unwrap());
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.extensions().get::<InstallationTokenUsed>().is_some(), expected, "{status}");
+    }
 }

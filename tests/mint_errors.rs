@@ -10,8 +10,7 @@ use common::{assert_no_secrets, get, read};
 use tower::ServiceExt;
 use tower_github_app::testing::{FakeGitHub, MintFault};
 use tower_github_app::{
-    Error, ErrorKind, GitHubApp, Installation, InstallationAuthLayer, InstallationBuilder,
-    TokenScope,
+    Error, ErrorKind, GitHubApp, Installation, InstallationAuthLayer, InstallationBuilder, TokenScope,
 };
 
 fn builder(github: &FakeGitHub) -> InstallationBuilder {
@@ -28,65 +27,32 @@ async fn mint_error(github: &FakeGitHub, builder: InstallationBuilder) -> Error 
 #[tokio::test]
 async fn jwt_signed_with_another_key_is_rejected() {
     let github = FakeGitHub::start().await;
-    let wrong = GitHubApp::from_pem(
-        FakeGitHub::APP_ID,
-        read("vectors/octokit-jwt/private-key-pkcs1.pem"),
-    )
-    .unwrap();
-    let error = mint_error(
-        &github,
-        Installation::builder(wrong, FakeGitHub::INSTALLATION_ID).api_base(&github.api_base()),
-    )
-    .await;
+    let wrong = GitHubApp::from_pem(FakeGitHub::APP_ID, read("vectors/octokit-jwt/private-key-pkcs1.pem")).unwrap();
+    let error =
+        mint_error(&github, Installation::builder(wrong, FakeGitHub::INSTALLATION_ID).api_base(&github.api_base()))
+            .await;
     assert_eq!(error.kind(), ErrorKind::JwtRejected);
-    assert_eq!(
-        error.github_message(),
-        Some("A JSON web token could not be decoded")
-    );
-    assert!(
-        error
-            .to_string()
-            .contains("private key does not belong to this App"),
-        "{error}"
-    );
+    assert_eq!(error.github_message(), Some("A JSON web token could not be decoded"));
+    assert!(error.to_string().contains("private key does not belong to this App"), "{error}");
 
-    let unknown_app =
-        GitHubApp::from_pem(999, tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
-    let error = mint_error(
-        &github,
-        Installation::builder(unknown_app, 42).api_base(&github.api_base()),
-    )
-    .await;
+    let unknown_app = GitHubApp::from_pem(999, tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
+    let error = mint_error(&github, Installation::builder(unknown_app, 42).api_base(&github.api_base())).await;
     assert_eq!(error.kind(), ErrorKind::JwtRejected);
 }
 
 #[tokio::test]
 async fn clock_skew_carries_the_measured_offset() {
     for (offset, message) in [
-        (
-            600,
-            "'Expiration time' claim ('exp') must be a numeric value",
-        ),
-        (
-            -600,
-            "'Expiration time' claim ('exp') is too far in the future",
-        ),
+        (600, "'Expiration time' claim ('exp') must be a numeric value"),
+        (-600, "'Expiration time' claim ('exp') is too far in the future"),
     ] {
         let github = FakeGitHub::builder().clock_offset(offset).start().await;
         let error = mint_error(&github, builder(&github)).await;
         assert_eq!(error.kind(), ErrorKind::ClockSkew);
         let measured = error.clock_offset().unwrap();
         assert!((measured - offset).abs() <= 2, "{measured} vs {offset}");
-        assert!(
-            error.github_message().unwrap().starts_with(message),
-            "{error}"
-        );
-        assert!(
-            error
-                .to_string()
-                .contains(if offset > 0 { "ahead of" } else { "behind" }),
-            "{error}"
-        );
+        assert!(error.github_message().unwrap().starts_with(message), "{error}");
+        assert!(error.to_string().contains(if offset > 0 { "ahead of" } else { "behind" }), "{error}");
         assert!(error.is_transient());
     }
 }
@@ -95,27 +61,15 @@ async fn clock_skew_carries_the_measured_offset() {
 async fn an_iat_in_the_future_is_clock_skew_too() {
     let github = FakeGitHub::start().await;
     let app = GitHubApp::builder(FakeGitHub::APP_ID)
-        .private_key(
-            tower_github_app::PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY)
-                .unwrap(),
-        )
+        .private_key(tower_github_app::PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY).unwrap())
         .jwt_lifetime(Duration::from_secs(60))
         .build()
         .unwrap();
     // A JWT from a clock 100 s ahead with a short lifetime: exp is within 10 minutes, iat lies in GitHub's future.
     app.set_clock_offset(100);
-    let error = mint_error(
-        &github,
-        Installation::builder(app, 42).api_base(&github.api_base()),
-    )
-    .await;
+    let error = mint_error(&github, Installation::builder(app, 42).api_base(&github.api_base())).await;
     assert_eq!(error.kind(), ErrorKind::ClockSkew);
-    assert!(
-        error
-            .github_message()
-            .unwrap()
-            .starts_with("'Issued at' claim ('iat')")
-    );
+    assert!(error.github_message().unwrap().starts_with("'Issued at' claim ('iat')"));
 }
 
 #[tokio::test]
@@ -132,30 +86,19 @@ async fn suspended_installation_is_forbidden() {
 #[tokio::test]
 async fn unknown_installation_names_the_installation_and_the_host() {
     let github = FakeGitHub::start().await;
-    let error = mint_error(
-        &github,
-        Installation::builder(github.app(), 31337).api_base(&github.api_base()),
-    )
-    .await;
+    let error = mint_error(&github, Installation::builder(github.app(), 31337).api_base(&github.api_base())).await;
     assert_eq!(error.kind(), ErrorKind::InstallationNotFound);
     let text = error.to_string();
-    assert!(
-        text.contains("31337") && text.contains(&github.api_base()),
-        "{text}"
-    );
-    assert!(
-        text.contains("uninstalled") && text.contains("/api/v3"),
-        "{text}"
-    );
+    assert!(text.contains("31337") && text.contains(&github.api_base()), "{text}");
+    assert!(text.contains("uninstalled") && text.contains("/api/v3"), "{text}");
 }
 
 #[tokio::test]
 async fn invalid_scope_is_its_own_kind() {
     let github = FakeGitHub::start().await;
-    for scope in [
-        TokenScope::new().repositories(["not-installed"]),
-        TokenScope::new().permission("administration", "write"),
-    ] {
+    for scope in
+        [TokenScope::new().repositories(["not-installed"]), TokenScope::new().permission("administration", "write")]
+    {
         let error = mint_error(&github, builder(&github).scope(scope)).await;
         assert_eq!(error.kind(), ErrorKind::InvalidScope);
         assert_eq!(error.status().unwrap(), 422);
@@ -174,22 +117,10 @@ async fn server_errors_rate_limits_and_odd_statuses() {
     ] {
         github.fail_mints(MintFault::Status(status, r#"{"message":"nope"}"#.into()), 1);
         let error = mint_error(&github, builder(&github)).await;
-        assert_eq!(
-            (error.kind(), error.status().unwrap().as_u16()),
-            (kind, status)
-        );
+        assert_eq!((error.kind(), error.status().unwrap().as_u16()), (kind, status));
     }
-    github.fail_mints(
-        MintFault::Status(
-            403,
-            r#"{"message":"API rate limit exceeded for installation"}"#.into(),
-        ),
-        1,
-    );
-    assert_eq!(
-        mint_error(&github, builder(&github)).await.kind(),
-        ErrorKind::RateLimited
-    );
+    github.fail_mints(MintFault::Status(403, r#"{"message":"API rate limit exceeded for installation"}"#.into()), 1);
+    assert_eq!(mint_error(&github, builder(&github)).await.kind(), ErrorKind::RateLimited);
 }
 
 #[tokio::test]
@@ -205,11 +136,7 @@ async fn closed_connection_is_a_transport_error() {
 async fn a_silent_server_is_a_timeout() {
     let github = FakeGitHub::start().await;
     github.fail_mints(MintFault::Delay(Duration::from_secs(120)), 1);
-    let error = mint_error(
-        &github,
-        builder(&github).mint_timeout(Duration::from_secs(5)),
-    )
-    .await;
+    let error = mint_error(&github, builder(&github).mint_timeout(Duration::from_secs(5))).await;
     assert_eq!(error.kind(), ErrorKind::Timeout);
 }
 
@@ -222,47 +149,17 @@ async fn malformed_answers() {
         body: Bytes::copy_from_slice(body),
     };
     let cases = [
+        (raw(201, "text/html", b"<html>proxy login</html>"), "not the JSON"),
+        (raw(201, "application/json", b"\xff\xfe\x00garbage"), "not the JSON"),
+        (raw(201, "application/json", br#"{"expires_at":"2030-01-01T00:00:00Z"}"#), "no `token`"),
         (
-            raw(201, "text/html", b"<html>proxy login</html>"),
-            "not the JSON",
-        ),
-        (
-            raw(201, "application/json", b"\xff\xfe\x00garbage"),
-            "not the JSON",
-        ),
-        (
-            raw(
-                201,
-                "application/json",
-                br#"{"expires_at":"2030-01-01T00:00:00Z"}"#,
-            ),
-            "no `token`",
-        ),
-        (
-            raw(
-                201,
-                "application/json",
-                br#"{"token":"ghs_abc def","expires_at":"2030-01-01T00:00:00Z"}"#,
-            ),
+            raw(201, "application/json", br#"{"token":"ghs_abc def","expires_at":"2030-01-01T00:00:00Z"}"#),
             "HTTP header",
         ),
-        (
-            raw(201, "application/json", br#"{"token":"ghs_secretvalue"}"#),
-            "no `expires_at`",
-        ),
-        (
-            raw(
-                201,
-                "application/json",
-                br#"{"token":"ghs_secretvalue","expires_at":"soon"}"#,
-            ),
-            "RFC 3339",
-        ),
+        (raw(201, "application/json", br#"{"token":"ghs_secretvalue"}"#), "no `expires_at`"),
+        (raw(201, "application/json", br#"{"token":"ghs_secretvalue","expires_at":"soon"}"#), "RFC 3339"),
         (MintFault::ExpiredToken, "already expired"),
-        (
-            raw(201, "application/json", &vec![b' '; 9 * 1024 * 1024]),
-            "larger than",
-        ),
+        (raw(201, "application/json", &vec![b' '; 9 * 1024 * 1024]), "larger than"),
     ];
     for (fault, says) in cases {
         github.fail_mints(fault, 1);
@@ -278,69 +175,29 @@ async fn the_layer_surfaces_the_typed_error_and_sends_nothing() {
     let github = FakeGitHub::start().await;
     github.set_suspended(FakeGitHub::INSTALLATION_ID, true);
     let installation = builder(&github).build(github.client()).unwrap();
-    let service = tower::ServiceBuilder::new()
-        .layer(InstallationAuthLayer::new(installation))
-        .service(github.client());
-    let error = service
-        .oneshot(get(&format!(
-            "{}/repos/octo-org/octo-repo",
-            github.api_base()
-        )))
-        .await
-        .unwrap_err();
+    let service = tower::ServiceBuilder::new().layer(InstallationAuthLayer::new(installation)).service(github.client());
+    let error = service.oneshot(get(&format!("{}/repos/octo-org/octo-repo", github.api_base()))).await.unwrap_err();
     let error = error.downcast::<Error>().unwrap();
     assert_eq!(error.kind(), ErrorKind::InstallationForbidden);
-    assert!(
-        github
-            .requests()
-            .iter()
-            .all(|r| r.path.ends_with("access_tokens"))
-    );
+    assert!(github.requests().iter().all(|r| r.path.ends_with("access_tokens")));
 }
 
 #[test]
 fn bad_configuration_is_refused_before_anything_is_sent() {
     let app = GitHubApp::from_pem(1, tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
     let client = tower::service_fn(|_: http::Request<http_body_util::Full<Bytes>>| async {
-        Ok::<_, std::convert::Infallible>(
-            http::Response::new(http_body_util::Empty::<Bytes>::new()),
-        )
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<Bytes>::new()))
     });
     let cases: Vec<(InstallationBuilder, &str)> = vec![
         (Installation::builder(app.clone(), 0), "installation id 0"),
-        (
-            Installation::builder(app.clone(), 1).api_base("api.github.com"),
-            "no scheme",
-        ),
-        (
-            Installation::builder(app.clone(), 1).api_base("https://ghe.example.com"),
-            "/api/v3",
-        ),
-        (
-            Installation::builder(app.clone(), 1).refresh_before(Duration::from_secs(30)),
-            "min_remaining",
-        ),
-        (
-            Installation::builder(app.clone(), 1).refresh_before(Duration::from_secs(3600)),
-            "59 minutes",
-        ),
-        (
-            Installation::builder(app.clone(), 1)
-                .refresh_backoff(Duration::ZERO, Duration::from_secs(1)),
-            "0 < min",
-        ),
-        (
-            Installation::builder(app.clone(), 1).mint_timeout(Duration::ZERO),
-            "mint_timeout",
-        ),
-        (
-            Installation::builder(app.clone(), 1).user_agent("bad\nagent"),
-            "user agent",
-        ),
-        (
-            Installation::builder(app.clone(), 1).scope(TokenScope::new().repositories(["o/r"])),
-            "without the owner",
-        ),
+        (Installation::builder(app.clone(), 1).api_base("api.github.com"), "no scheme"),
+        (Installation::builder(app.clone(), 1).api_base("https://ghe.example.com"), "/api/v3"),
+        (Installation::builder(app.clone(), 1).refresh_before(Duration::from_secs(30)), "min_remaining"),
+        (Installation::builder(app.clone(), 1).refresh_before(Duration::from_secs(3600)), "59 minutes"),
+        (Installation::builder(app.clone(), 1).refresh_backoff(Duration::ZERO, Duration::from_secs(1)), "0 < min"),
+        (Installation::builder(app.clone(), 1).mint_timeout(Duration::ZERO), "mint_timeout"),
+        (Installation::builder(app.clone(), 1).user_agent("bad\nagent"), "user agent"),
+        (Installation::builder(app.clone(), 1).scope(TokenScope::new().repositories(["o/r"])), "without the owner"),
     ];
     for (builder, says) in cases {
         let error = builder.build(client).unwrap_err();

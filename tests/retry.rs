@@ -19,29 +19,19 @@ use tower::retry::budget::TpsBudget;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_github_app::testing::{Credential, FakeGitHub, TokenState};
 use tower_github_app::{
-    AppJwtUsed, Installation, InstallationAuthLayer, InstallationTokenUsed, RetryGaveUp,
-    RetryOn401Policy,
+    AppJwtUsed, Installation, InstallationAuthLayer, InstallationTokenUsed, RetryGaveUp, RetryOn401Policy,
 };
 
 fn installation_for(
     github: &FakeGitHub,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 ) -> Installation {
-    Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
-        .api_base(&github.api_base())
-        .build(client)
-        .unwrap()
+    Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID).api_base(&github.api_base()).build(client).unwrap()
 }
 
 /// 1,000 requests right after a mint whose token is refused for its first 3 s. Returns (ok, failed).
 async fn lag_burst(with_policy: bool) -> (usize, usize, FakeGitHub) {
-    let github = FakeGitHub::builder()
-        .replication_lag(Duration::from_secs(3))
-        .start()
-        .await;
+    let github = FakeGitHub::builder().replication_lag(Duration::from_secs(3)).start().await;
     let client = github.client();
     let installation = installation_for(&github, client.clone());
     installation.token().await.unwrap();
@@ -57,9 +47,7 @@ async fn lag_burst(with_policy: bool) -> (usize, usize, FakeGitHub) {
             .map(|r| r.unwrap().status())
             .collect()
     } else {
-        let service = ServiceBuilder::new()
-            .layer(InstallationAuthLayer::new(installation))
-            .service(client);
+        let service = ServiceBuilder::new().layer(InstallationAuthLayer::new(installation)).service(client);
         join_all((0..1000).map(|_| service.clone().oneshot(get(&url))))
             .await
             .into_iter()
@@ -75,11 +63,7 @@ async fn replication_lag_of_three_seconds_costs_no_failed_request_and_no_re_mint
     let (ok, failed, github) = lag_burst(true).await;
     assert_eq!((ok, failed), (1000, 0));
     assert_eq!(github.mint_count(), 1, "no re-mint inside the lag window");
-    let attempts = github
-        .requests()
-        .iter()
-        .filter(|r| r.path.starts_with("/repos"))
-        .count();
+    let attempts = github.requests().iter().filter(|r| r.path.starts_with("/repos")).count();
     println!("with the policy: 1000 ok, {attempts} attempts reached the API");
     // Each request is sent, refused, and resent once the token is proven; probes on top are budgeted.
     assert!(attempts <= 1000 + 1000 + 400, "{attempts}");
@@ -105,10 +89,7 @@ async fn a_token_revoked_mid_run_costs_one_re_mint_and_no_failed_request() {
             github.revoke_all_tokens();
         }
         let responses = join_all((0..100).map(|_| service.clone().oneshot(get(&url)))).await;
-        failed += responses
-            .iter()
-            .filter(|r| r.as_ref().unwrap().status() != 200)
-            .count();
+        failed += responses.iter().filter(|r| r.as_ref().unwrap().status() != 200).count();
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
     assert_eq!(failed, 0);
@@ -117,15 +98,7 @@ async fn a_token_revoked_mid_run_costs_one_re_mint_and_no_failed_request() {
     let revoked = github
         .requests()
         .iter()
-        .filter(|r| {
-            matches!(
-                r.credential,
-                Credential::InstallationToken {
-                    state: TokenState::Revoked,
-                    ..
-                }
-            )
-        })
+        .filter(|r| matches!(r.credential, Credential::InstallationToken { state: TokenState::Revoked, .. }))
         .count();
     assert!((1..=100).contains(&revoked), "{revoked}");
 }
@@ -139,34 +112,16 @@ async fn a_server_clock_ten_minutes_off_costs_one_refused_jwt_then_none() {
             .layer(RetryLayer::new(RetryOn401Policy::default()))
             .layer(InstallationAuthLayer::new(installation.clone()))
             .service(github.client());
-        for path in [
-            "/app",
-            "/app/installations",
-            "/repos/octo-org/octo-repo/installation",
-            "/app",
-        ] {
-            let response = service
-                .clone()
-                .oneshot(get(&format!("{}{path}", github.api_base())))
-                .await
-                .unwrap();
+        for path in ["/app", "/app/installations", "/repos/octo-org/octo-repo/installation", "/app"] {
+            let response = service.clone().oneshot(get(&format!("{}{path}", github.api_base()))).await.unwrap();
             assert_eq!(response.status(), 200, "{offset} {path}");
             assert!(response.extensions().get::<AppJwtUsed>().is_some());
         }
         // Installation routes mint with the corrected clock at once.
-        let response = service
-            .oneshot(get(&format!(
-                "{}/repos/octo-org/octo-repo",
-                github.api_base()
-            )))
-            .await
-            .unwrap();
+        let response = service.oneshot(get(&format!("{}/repos/octo-org/octo-repo", github.api_base()))).await.unwrap();
         assert_eq!(response.status(), 200);
-        let refused: Vec<_> = github
-            .requests()
-            .into_iter()
-            .filter(|r| r.credential == Credential::AppJwt { valid: false })
-            .collect();
+        let refused: Vec<_> =
+            github.requests().into_iter().filter(|r| r.credential == Credential::AppJwt { valid: false }).collect();
         assert_eq!(refused.len(), 1, "offset {offset}: {refused:?}");
         assert_eq!(installation.stats().failed_mints, 0);
     }
@@ -175,8 +130,7 @@ async fn a_server_clock_ten_minutes_off_costs_one_refused_jwt_then_none() {
 /// An API stand-in under the auth layer that always answers 401 and counts calls.
 fn always_401<B: Send + 'static>(
     calls: Arc<AtomicU64>,
-) -> impl tower::Service<Request<B>, Response = Response<String>, Error = Infallible, Future: Send> + Clone
-{
+) -> impl tower::Service<Request<B>, Response = Response<String>, Error = Infallible, Future: Send> + Clone {
     tower::service_fn(move |_request: Request<B>| {
         calls.fetch_add(1, Ordering::Relaxed);
         async { Ok::<_, Infallible>(Response::builder().status(401).body(String::new()).unwrap()) }
@@ -202,11 +156,7 @@ async fn a_streaming_body_is_sent_once_and_its_401_returned_untouched() {
     assert_eq!(response.status(), 401);
     assert_eq!(calls.load(Ordering::Relaxed), 1);
     assert!(response.extensions().get::<RetryGaveUp>().is_none());
-    assert_eq!(
-        github.mint_count(),
-        1,
-        "no invalidation for a request that could not be retried"
-    );
+    assert_eq!(github.mint_count(), 1, "no invalidation for a request that could not be retried");
 
     // The same request with a clonable body is retried, with its extensions intact.
     #[derive(Clone, Debug, PartialEq)]
@@ -225,9 +175,7 @@ async fn a_streaming_body_is_sent_once_and_its_401_returned_untouched() {
         .layer(RetryLayer::new(RetryOn401Policy::default()))
         .layer(InstallationAuthLayer::new(installation))
         .service(inner);
-    let mut request = Request::post(&url)
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap();
+    let mut request = Request::post(&url).body(Full::new(Bytes::from_static(b"{}"))).unwrap();
     request.extensions_mut().insert(Marker(7));
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(response.status(), 401);
@@ -249,45 +197,24 @@ async fn refuse_everything(policy: RetryOn401Policy) -> (u64, usize) {
         .service(always_401::<Full<Bytes>>(calls.clone()));
     let url = format!("{}/repos/octo-org/octo-repo", github.api_base());
     let responses = join_all((0..100).map(|_| service.clone().oneshot(get(&url)))).await;
-    let gave_up = responses
-        .iter()
-        .filter(|r| {
-            r.as_ref()
-                .unwrap()
-                .extensions()
-                .get::<RetryGaveUp>()
-                .is_some()
-        })
-        .count();
-    assert!(
-        responses
-            .iter()
-            .all(|r| r.as_ref().unwrap().status() == 401)
-    );
+    let gave_up = responses.iter().filter(|r| r.as_ref().unwrap().extensions().get::<RetryGaveUp>().is_some()).count();
+    assert!(responses.iter().all(|r| r.as_ref().unwrap().status() == 401));
     (calls.load(Ordering::Relaxed), gave_up)
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_budget_caps_retries_when_every_request_gets_401() {
     let (unbounded, _) = refuse_everything(RetryOn401Policy::builder().no_budget().build()).await;
-    let (budgeted, gave_up) = refuse_everything(
-        RetryOn401Policy::builder()
-            .budget(TpsBudget::new(Duration::from_secs(10), 1, 0.0))
-            .build(),
-    )
-    .await;
+    let (budgeted, gave_up) =
+        refuse_everything(RetryOn401Policy::builder().budget(TpsBudget::new(Duration::from_secs(10), 1, 0.0)).build())
+            .await;
     let (default, _) = refuse_everything(RetryOn401Policy::default()).await;
-    println!(
-        "calls for 100 refused requests: no budget {unbounded}, default {default}, tight budget {budgeted}"
-    );
+    println!("calls for 100 refused requests: no budget {unbounded}, default {default}, tight budget {budgeted}");
     assert_eq!(gave_up, 100, "every response says the policy gave up");
     // Per-request bounds alone allow about 8 attempts per request. The tight budget holds 10 paid retries per
     // 10 s (it refills as its window slides), so it cuts the storm to a fraction.
     assert!(unbounded >= 500, "{unbounded}");
-    assert!(
-        budgeted <= 250 && budgeted * 3 <= unbounded,
-        "{budgeted} vs {unbounded}"
-    );
+    assert!(budgeted <= 250 && budgeted * 3 <= unbounded, "{budgeted} vs {unbounded}");
     assert!(default <= unbounded, "{default} vs {unbounded}");
 }
 
@@ -307,46 +234,25 @@ async fn the_composed_stack_never_sends_the_token_to_another_host() {
         .layer(RetryLayer::new(RetryOn401Policy::default()))
         .layer(FollowRedirectLayer::new())
         .concurrency_limit(64)
-        .layer(InstallationAuthLayer::new(installation.clone()))
+        .layer(InstallationAuthLayer::new(installation.clone()).token_used_on_every_response())
         .service(client);
 
     // Same origin: the redirect is followed with the token.
-    let same = format!(
-        "{}/redirect?to={}/repos/octo-org/octo-repo",
-        github.api_base(),
-        github.api_base()
-    );
+    let same = format!("{}/redirect?to={}/repos/octo-org/octo-repo", github.api_base(), github.api_base());
     let response = service.clone().oneshot(get(&same)).await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(
-        response
-            .extensions()
-            .get::<InstallationTokenUsed>()
-            .is_some()
-    );
+    assert!(response.extensions().get::<InstallationTokenUsed>().is_some());
 
     // Another host (another port): followed, but without the token, and its 401 is not retried.
-    let other = format!(
-        "{}/redirect?to={}/repos/octo-org/octo-repo",
-        github.api_base(),
-        elsewhere.api_base()
-    );
+    let other = format!("{}/redirect?to={}/repos/octo-org/octo-repo", github.api_base(), elsewhere.api_base());
     let responses = join_all((0..20).map(|_| service.clone().oneshot(get(&other)))).await;
     for response in responses {
         let response = response.unwrap();
         assert_eq!(response.status(), 401);
-        assert!(
-            response
-                .extensions()
-                .get::<InstallationTokenUsed>()
-                .is_none()
-        );
+        assert!(response.extensions().get::<InstallationTokenUsed>().is_none());
     }
     let seen = elsewhere.requests();
     assert_eq!(seen.len(), 20);
-    assert!(
-        seen.iter().all(|r| r.credential == Credential::None),
-        "{seen:?}"
-    );
+    assert!(seen.iter().all(|r| r.credential == Credential::None), "{seen:?}");
     assert_eq!(github.mint_count(), 1);
 }

@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::{assert_no_secrets, get, read};
 use tower::ServiceExt;
 use tower_github_app::testing::{FakeGitHub, MintFault};
-use tower_github_app::{
-    GitHubApp, Installation, InstallationAuthLayer, InstallationTokenUsed, PrivateKey, TokenScope,
-};
+use tower_github_app::{GitHubApp, Installation, InstallationAuthLayer, InstallationTokenUsed, PrivateKey, TokenScope};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -38,11 +36,7 @@ async fn nothing_secret_reaches_logs_debug_display_or_errors() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let github = FakeGitHub::builder()
-        .long_tokens(true)
-        .clock_offset(-600)
-        .start()
-        .await;
+    let github = FakeGitHub::builder().long_tokens(true).clock_offset(-600).start().await;
     let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
         .api_base(&github.api_base())
         .scope(TokenScope::new().repositories(["octo-repo"]))
@@ -51,7 +45,7 @@ async fn nothing_secret_reaches_logs_debug_display_or_errors() {
         .unwrap();
     let service = tower::ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(InstallationAuthLayer::new(installation.clone()))
+        .layer(InstallationAuthLayer::new(installation.clone()).token_used_on_every_response())
         .service(github.client());
     let url = format!("{}/repos/octo-org/octo-repo", github.api_base());
 
@@ -59,40 +53,22 @@ async fn nothing_secret_reaches_logs_debug_display_or_errors() {
     let mut secrets = Vec::new();
     // Cold start with a clock-skew refusal, then requests.
     let response = service.clone().oneshot(get(&url)).await.unwrap();
-    let used = response
-        .extensions()
-        .get::<InstallationTokenUsed>()
-        .unwrap()
-        .clone();
+    let used = response.extensions().get::<InstallationTokenUsed>().unwrap().clone();
     let token = installation.token().await.unwrap();
     secrets.push(token.expose_secret().to_owned());
     let jwt = installation.app().jwt().await.unwrap();
     secrets.push(jwt.expose_secret().to_owned());
     // A revoked token, invalidated, and a failing re-mint.
     github.revoke_all_tokens();
-    github.fail_mints(
-        MintFault::Status(502, r#"{"message":"ghs_fake leaked? Server Error"}"#.into()),
-        1,
-    );
+    github.fail_mints(MintFault::Status(502, r#"{"message":"ghs_fake leaked? Server Error"}"#.into()), 1);
     used.invalidate();
     if let Err(error) = service.clone().oneshot(get(&url)).await {
         texts.push(format!("{error} {error:?}"));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let response = service.clone().oneshot(get(&url)).await.unwrap();
-    texts.push(format!(
-        "{:?} {:?}",
-        response.extensions().get::<InstallationTokenUsed>(),
-        response.headers()
-    ));
-    secrets.push(
-        installation
-            .token()
-            .await
-            .unwrap()
-            .expose_secret()
-            .to_owned(),
-    );
+    texts.push(format!("{:?} {:?}", response.extensions().get::<InstallationTokenUsed>(), response.headers()));
+    secrets.push(installation.token().await.unwrap().expose_secret().to_owned());
     // A mint with the wrong key, and a malformed answer holding a token.
     let wrong = GitHubApp::from_pem(1, read("vectors/octokit-jwt/private-key-pkcs1.pem")).unwrap();
     let builder = Installation::builder(wrong.clone(), 42).api_base(&github.api_base());
@@ -115,28 +91,15 @@ async fn nothing_secret_reaches_logs_debug_display_or_errors() {
     secrets.push("ghs_inthebody".into());
 
     let key = PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
-    texts.push(format!(
-        "{key:?} {wrong:?} {jwt:?} {token:?} {used:?} {installation:?} {github:?}"
-    ));
-    texts.push(format!(
-        "{:?} {:?}",
-        InstallationAuthLayer::new(installation.clone()),
-        service
-    ));
+    texts.push(format!("{key:?} {wrong:?} {jwt:?} {token:?} {used:?} {installation:?} {github:?}"));
+    texts.push(format!("{:?} {:?}", InstallationAuthLayer::new(installation.clone()), service));
     texts.push(format!("{:?}", installation.stats()));
     drop(_guard);
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        logs.contains("TRACE") || logs.contains("DEBUG"),
-        "the capture saw the traces"
-    );
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the capture saw the traces");
     texts.push(logs);
-    let key_lines: Vec<&str> = tower_github_app::testing::TEST_PRIVATE_KEY
-        .lines()
-        .skip(1)
-        .take(20)
-        .collect();
+    let key_lines: Vec<&str> = tower_github_app::testing::TEST_PRIVATE_KEY.lines().skip(1).take(20).collect();
     let mut all: Vec<&str> = secrets.iter().map(String::as_str).collect();
     all.extend(key_lines);
     for text in &texts {

@@ -21,10 +21,7 @@ use crate::error::{BoxError, Error, ErrorKind};
 /// the request path, so a network round trip to a KMS is fine.
 pub trait JwtSigner: Send + Sync + 'static {
     /// Signs `message` with RS256 and returns the raw signature bytes.
-    fn sign<'a>(
-        &'a self,
-        message: &'a [u8],
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, BoxError>> + Send + 'a>>;
+    fn sign<'a>(&'a self, message: &'a [u8]) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, BoxError>> + Send + 'a>>;
 }
 
 /// The time claims of an App JWT, in Unix seconds of GitHub's clock.
@@ -59,10 +56,7 @@ impl AppJwt {
     /// The JWT itself. Keep it out of logs.
     pub fn expose_secret(&self) -> &str {
         // Built from `Bearer ` and base64url text only, so it is visible ASCII.
-        self.authorization
-            .to_str()
-            .unwrap_or_default()
-            .trim_start_matches("Bearer ")
+        self.authorization.to_str().unwrap_or_default().trim_start_matches("Bearer ")
     }
 }
 
@@ -78,11 +72,7 @@ pub struct AppJwtUsed {
 
 impl AppJwtUsed {
     pub(crate) fn new(app: GitHubApp, jwt: &AppJwt) -> Self {
-        Self {
-            app,
-            claims: jwt.claims,
-            offset: jwt.offset,
-        }
+        Self { app, claims: jwt.claims, offset: jwt.offset }
     }
 
     /// The App whose JWT the request carried.
@@ -116,10 +106,7 @@ impl fmt::Debug for AppJwtUsed {
 
 impl fmt::Debug for AppJwt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppJwt")
-            .field("claims", &self.claims)
-            .field("jwt", &"[redacted]")
-            .finish()
+        f.debug_struct("AppJwt").field("claims", &self.claims).field("jwt", &"[redacted]").finish()
     }
 }
 
@@ -150,42 +137,23 @@ pub(super) async fn sign(
         AppId::Id(id) => Iss::Number(*id),
         AppId::ClientId(id) => Iss::String(id),
     };
-    let payload = serde_json::to_vec(&Payload {
-        iat: claims.iat,
-        exp: claims.exp,
-        iss,
-    })
-    .map_err(|e| {
-        Error::build(ErrorKind::Signing, "could not encode the JWT claims")
-            .source(e)
-            .finish()
-    })?;
+    let payload = serde_json::to_vec(&Payload { iat: claims.iat, exp: claims.exp, iss })
+        .map_err(|e| Error::build(ErrorKind::Signing, "could not encode the JWT claims").source(e).finish())?;
     let mut jwt = String::with_capacity(600);
     jwt.push_str(HEADER_B64);
     jwt.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut jwt);
     let signature = signer.sign(jwt.as_bytes()).await.map_err(|e| {
-        Error::build(
-            ErrorKind::Signing,
-            "the JWT signer failed; check the signer (KMS/HSM) configuration and access",
-        )
-        .source(e)
-        .finish()
+        Error::build(ErrorKind::Signing, "the JWT signer failed; check the signer (KMS/HSM) configuration and access")
+            .source(e)
+            .finish()
     })?;
     jwt.push('.');
     URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
-    let mut authorization = HeaderValue::try_from(format!("Bearer {jwt}")).map_err(|_| {
-        Error::new(
-            ErrorKind::Signing,
-            "the signed JWT is not a valid header value",
-        )
-    })?;
+    let mut authorization = HeaderValue::try_from(format!("Bearer {jwt}"))
+        .map_err(|_| Error::new(ErrorKind::Signing, "the signed JWT is not a valid header value"))?;
     authorization.set_sensitive(true);
-    Ok(AppJwt {
-        authorization,
-        claims,
-        offset,
-    })
+    Ok(AppJwt { authorization, claims, offset })
 }
 
 /// How long before its `exp` a cached JWT stops being handed out: the mint request must reach GitHub in time.
@@ -211,27 +179,15 @@ impl JwtCache {
         let mut slot = self.slot.lock().await;
         let reuse_for = app.jwt_lifetime().saturating_sub(REUSE_MARGIN);
         if let Some(cached) = slot.as_ref() {
-            let wall_age = SystemTime::now()
-                .duration_since(cached.signed_at_wall)
-                .unwrap_or(Duration::MAX);
-            if cached.offset == app.clock_offset()
-                && cached.signed_at.elapsed() < reuse_for
-                && wall_age < reuse_for
-            {
+            let wall_age = SystemTime::now().duration_since(cached.signed_at_wall).unwrap_or(Duration::MAX);
+            if cached.offset == app.clock_offset() && cached.signed_at.elapsed() < reuse_for && wall_age < reuse_for {
                 return Ok(cached.jwt.clone());
             }
         }
         let now = SystemTime::now();
         let offset = app.clock_offset();
-        let jwt = app
-            .sign_claims_with_offset(app.claims_at(now), offset)
-            .await?;
-        *slot = Some(CachedJwt {
-            jwt: jwt.clone(),
-            offset,
-            signed_at: Instant::now(),
-            signed_at_wall: now,
-        });
+        let jwt = app.sign_claims_with_offset(app.claims_at(now), offset).await?;
+        *slot = Some(CachedJwt { jwt: jwt.clone(), offset, signed_at: Instant::now(), signed_at_wall: now });
         Ok(jwt)
     }
 }

@@ -101,16 +101,11 @@ impl PrivateKey {
         if let Ok(pair) = KeyPair::from_der(der) {
             return Ok(Self::new(pair, "PKCS#1"));
         }
-        KeyPair::from_pkcs8(der)
-            .map(|pair| Self::new(pair, "PKCS#8"))
-            .map_err(|_| pkcs8_problem(der))
+        KeyPair::from_pkcs8(der).map(|pair| Self::new(pair, "PKCS#8")).map_err(|_| pkcs8_problem(der))
     }
 
     fn new(pair: KeyPair, format: &'static str) -> Self {
-        Self {
-            pair: Arc::new(pair),
-            format,
-        }
+        Self { pair: Arc::new(pair), format }
     }
 
     /// The public half as a DER `RSAPublicKey` (PKCS#1), for verifying this key's JWTs.
@@ -122,27 +117,14 @@ impl PrivateKey {
     pub fn sign_rs256(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         let mut signature = vec![0; self.pair.public_modulus_len()];
         self.pair
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                message,
-                &mut signature,
-            )
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Signing,
-                    "RS256 signing with the App's private key failed",
-                )
-            })?;
+            .sign(&RSA_PKCS1_SHA256, &aws_lc_rs::rand::SystemRandom::new(), message, &mut signature)
+            .map_err(|_| Error::new(ErrorKind::Signing, "RS256 signing with the App's private key failed"))?;
         Ok(signature)
     }
 }
 
 impl JwtSigner for PrivateKey {
-    fn sign<'a>(
-        &'a self,
-        message: &'a [u8],
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, BoxError>> + Send + 'a>> {
+    fn sign<'a>(&'a self, message: &'a [u8]) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, BoxError>> + Send + 'a>> {
         let signature = self.sign_rs256(message).map_err(BoxError::from);
         Box::pin(std::future::ready(signature))
     }
@@ -166,10 +148,7 @@ fn normalize(text: &str) -> String {
             text = text[1..text.len() - 1].trim();
         }
     }
-    text.replace("\\r\\n", "\n")
-        .replace("\\n", "\n")
-        .replace("\r\n", "\n")
-        .replace('\r', "\n")
+    text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\r\n", "\n").replace('\r', "\n")
 }
 
 struct PemBlock<'a> {
@@ -185,13 +164,10 @@ impl PemBlock<'_> {
             return Err(truncated());
         }
         let base64: String = self.body.chars().filter(|c| !c.is_whitespace()).collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(base64.as_bytes())
-            .map_err(|_| corrupted_base64())?;
+        let der =
+            base64::engine::general_purpose::STANDARD.decode(base64.as_bytes()).map_err(|_| corrupted_base64())?;
         if der.is_empty() {
-            return Err(invalid(
-                "the PEM block is empty: the key was cut off; copy the whole .pem file",
-            ));
+            return Err(invalid("the PEM block is empty: the key was cut off; copy the whole .pem file"));
         }
         Ok(der)
     }
@@ -211,22 +187,12 @@ fn find_block(text: &str) -> Option<PemBlock<'_>> {
             Some(end) => {
                 let (headers, body) = split_headers(&content[..end]);
                 rest = &content[end + end_marker.len()..];
-                PemBlock {
-                    label,
-                    headers,
-                    body,
-                    complete: true,
-                }
+                PemBlock { label, headers, body, complete: true }
             }
             // No END line: keep the label so the error can say what was cut off.
             None => {
                 rest = "";
-                PemBlock {
-                    label,
-                    headers: "",
-                    body: "",
-                    complete: false,
-                }
+                PemBlock { label, headers: "", body: "", complete: false }
             }
         };
         if block.label.ends_with("PRIVATE KEY") {
@@ -250,10 +216,7 @@ fn no_pem_block(text: &str) -> Error {
     if text.contains("-----BEGIN") {
         return truncated();
     }
-    if text.starts_with("ssh-rsa ")
-        || text.starts_with("ssh-ed25519 ")
-        || text.starts_with("ecdsa-sha2-")
-    {
+    if text.starts_with("ssh-rsa ") || text.starts_with("ssh-ed25519 ") || text.starts_with("ecdsa-sha2-") {
         return invalid(
             "this is an SSH public key, not the App's private key: use the .pem private key from the GitHub \
              App's settings page",
@@ -275,9 +238,7 @@ fn pkcs8_problem(der: &[u8]) -> Error {
     // Object identifiers of the key algorithm inside PKCS#8, as DER.
     const EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
-    const RSA: &[u8] = &[
-        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-    ];
+    const RSA: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
     if contains(der, EC) {
         not_rsa("an EC")
     } else if contains(der, ED25519) {
@@ -297,11 +258,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn label_for_message(label: &str) -> String {
-    label
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == ' ')
-        .take(40)
-        .collect()
+    label.chars().filter(|c| c.is_ascii_alphanumeric() || *c == ' ').take(40).collect()
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -330,9 +287,7 @@ fn truncated() -> Error {
 }
 
 fn corrupted_base64() -> Error {
-    invalid(
-        "the PEM key's body is not valid base64: the key was cut off or edited. Copy the whole .pem file again",
-    )
+    invalid("the PEM key's body is not valid base64: the key was cut off or edited. Copy the whole .pem file again")
 }
 
 fn corrupted(format: &str) -> Error {

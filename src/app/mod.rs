@@ -55,9 +55,7 @@ impl AppId {
                 "the App id is 0: use the App ID or client ID shown on the GitHub App's settings page",
             )),
             AppId::ClientId(id)
-                if id.is_empty()
-                    || id.len() > 100
-                    || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') =>
+                if id.is_empty() || id.len() > 100 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') =>
             {
                 Err(Error::new(
                     ErrorKind::InvalidConfig,
@@ -144,18 +142,12 @@ impl GitHubApp {
 
     /// Parses `pem` and validates `id`; the usual way to build an App from configuration.
     pub fn from_pem(id: impl Into<AppId>, pem: impl AsRef<[u8]>) -> Result<Self, Error> {
-        Self::builder(id)
-            .private_key(PrivateKey::from_pem(pem)?)
-            .build()
+        Self::builder(id).private_key(PrivateKey::from_pem(pem)?).build()
     }
 
     /// A builder for the less common settings: a custom [`JwtSigner`], the JWT lifetime.
     pub fn builder(id: impl Into<AppId>) -> GitHubAppBuilder {
-        GitHubAppBuilder {
-            id: id.into(),
-            signer: None,
-            jwt_lifetime: Self::DEFAULT_JWT_LIFETIME,
-        }
+        GitHubAppBuilder { id: id.into(), signer: None, jwt_lifetime: Self::DEFAULT_JWT_LIFETIME }
     }
 
     fn from_parts(id: AppId, signer: Arc<dyn JwtSigner>, jwt_lifetime: Duration) -> Self {
@@ -186,15 +178,10 @@ impl GitHubApp {
 
     /// Signs a JWT for exactly these claims, bypassing the cache and the clock. For tests and conformance.
     pub async fn sign_claims(&self, claims: AppJwtClaims) -> Result<AppJwt, Error> {
-        self.sign_claims_with_offset(claims, self.clock_offset())
-            .await
+        self.sign_claims_with_offset(claims, self.clock_offset()).await
     }
 
-    async fn sign_claims_with_offset(
-        &self,
-        claims: AppJwtClaims,
-        offset: i64,
-    ) -> Result<AppJwt, Error> {
+    async fn sign_claims_with_offset(&self, claims: AppJwtClaims, offset: i64) -> Result<AppJwt, Error> {
         self.inner.id.validate()?;
         let jwt = jwt::sign(&*self.inner.signer, &self.inner.id, claims, offset).await?;
         self.inner.signatures.fetch_add(1, Ordering::Relaxed);
@@ -296,14 +283,9 @@ impl GitHubAppBuilder {
     pub fn build(self) -> Result<GitHubApp, Error> {
         self.id.validate()?;
         let signer = self.signer.ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidConfig,
-                "no private key or signer given: call .private_key(..) or .signer(..)",
-            )
+            Error::new(ErrorKind::InvalidConfig, "no private key or signer given: call .private_key(..) or .signer(..)")
         })?;
-        if self.jwt_lifetime < Duration::from_secs(60)
-            || self.jwt_lifetime > GitHubApp::MAX_JWT_LIFETIME
-        {
+        if self.jwt_lifetime < Duration::from_secs(60) || self.jwt_lifetime > GitHubApp::MAX_JWT_LIFETIME {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!(
@@ -340,10 +322,7 @@ mod tests {
     fn app_ids_from_strings() {
         assert_eq!(AppId::from("12345"), AppId::Id(12345));
         assert_eq!(AppId::from(" 12345 "), AppId::Id(12345));
-        assert_eq!(
-            AppId::from("Iv1.0123abcd"),
-            AppId::ClientId("Iv1.0123abcd".into())
-        );
+        assert_eq!(AppId::from("Iv1.0123abcd"), AppId::ClientId("Iv1.0123abcd".into()));
         assert!(AppId::Id(0).validate().is_err());
         assert!(AppId::from("Iv1 abc").validate().is_err());
         assert!(AppId::from("").validate().is_err());
@@ -353,13 +332,7 @@ mod tests {
     fn signed_seconds() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         assert_eq!(signed_seconds_between(t, t + Duration::from_secs(600)), 600);
-        assert_eq!(
-            signed_seconds_between(t, t - Duration::from_secs(600)),
-            -600
-        );
-        assert_eq!(
-            unix_seconds(SystemTime::UNIX_EPOCH - Duration::from_secs(30)),
-            -30
-        );
+        assert_eq!(signed_seconds_between(t, t - Duration::from_secs(600)), -600);
+        assert_eq!(unix_seconds(SystemTime::UNIX_EPOCH - Duration::from_secs(30)), -30);
     }
 }

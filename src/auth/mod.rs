@@ -3,9 +3,10 @@
 //! Owns: [`InstallationAuthLayer`] and its service [`InstallationAuth`]. It reads the token source and never
 //! mints, signs or retries; the token source mints and the retry policy (outside this layer) retries.
 //!
-//! Per request with a usable token, the layer does one `ArcSwap` load, one clone of a prebuilt, sensitive
-//! `HeaderValue`, and after the response one extension insert ([`InstallationTokenUsed`](crate::InstallationTokenUsed)).
-//! No lock, no formatting.
+//! Per request with a usable token, the layer does an origin comparison, one clock read, one `ArcSwap` load and
+//! one clone of a prebuilt, sensitive `HeaderValue`: no lock, no allocation, no formatting. `401` and `403`
+//! responses get an [`InstallationTokenUsed`](crate::InstallationTokenUsed) extension for the retry policy;
+//! [`InstallationAuthLayer::token_used_on_every_response`] attaches it to every response.
 //!
 //! - Requests to the installation's API origin (scheme, host, port) get `Authorization: Bearer <token>`.
 //! - Requests to any other origin pass through untouched: a token is only ever sent to the host it was minted
@@ -32,7 +33,7 @@
 //!     .build(github.client())?;
 //!
 //! let client = ServiceBuilder::new()
-//!     .layer(InstallationAuthLayer::new(installation))
+//!     .layer(InstallationAuthLayer::new(installation).token_used_on_every_response())
 //!     .service(github.client());
 //!
 //! let request = Request::get(format!("{}/installation/repositories", github.api_base()))

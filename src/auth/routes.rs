@@ -12,6 +12,14 @@
 /// assert!(!is_app_jwt_route("/installation/repositories"));
 /// ```
 pub fn is_app_jwt_route(path: &str) -> bool {
+    // Most requests are installation routes: decide those from two bytes, without splitting the path. Every
+    // App-JWT route starts with `/a` or `/m`, or ends with `installation`.
+    let bytes = path.as_bytes();
+    let maybe =
+        matches!(bytes.get(1), Some(b'a' | b'm')) || (bytes.last() == Some(&b'n') && path.ends_with("/installation"));
+    if !maybe {
+        return false;
+    }
     const MAX: usize = 6;
     let mut segments = [""; MAX];
     let mut count = 0;

@@ -1,31 +1,66 @@
+use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwapOption;
+use arc_swap::cache::Cache;
 use std::task::{Context, Poll};
 
+use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::Stamp;
 use super::{InstallationAuthLayer, ResponseFuture, is_app_jwt_route};
 use crate::app::AppJwtUsed;
 use crate::error::{BoxError, Error, ErrorKind};
-use crate::installation::{Installation, InstallationTokenUsed};
+use crate::installation::Installation;
+use crate::installation::source::Handle;
+use crate::installation::token::TokenEntry;
 
 /// Middleware that stamps requests with an installation token. See the [module docs](crate::auth).
-#[derive(Debug, Clone)]
 pub struct InstallationAuth<S> {
     inner: S,
     installation: Installation,
+    /// This clone's view of the current token: revalidated with one relaxed atomic load per request
+    /// (arc-swap's `Cache`). It may keep a replaced token alive until this clone's next request.
+    current: Cache<CurrentToken, Option<Arc<TokenEntry>>>,
+    /// This clone's own copy of the current token's header value, so that clones driven from different threads
+    /// do not contend on one reference count. Made once per token per clone.
+    stamp: Option<(u64, HeaderValue)>,
+    pub(super) every_response: bool,
+}
+
+impl<S: Clone> Clone for InstallationAuth<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            installation: self.installation.clone(),
+            current: self.current.clone(),
+            // A clone makes its own copy of the header value on first use.
+            stamp: None,
+            every_response: self.every_response,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for InstallationAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstallationAuth")
+            .field("inner", &self.inner)
+            .field("installation", &self.installation)
+            .field("every_response", &self.every_response)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> InstallationAuth<S> {
     /// Wraps `inner`, authorizing its requests with `installation`'s tokens.
     pub fn new(inner: S, installation: Installation) -> Self {
-        Self {
-            inner,
-            installation,
-        }
+        let current = Cache::new(CurrentToken(Arc::clone(&installation.handle)));
+        Self { inner, installation, current, stamp: None, every_response: false }
     }
 
     /// A layer wrapping services in `InstallationAuth`.
@@ -83,45 +118,46 @@ where
             // Another origin: never send it this installation's token.
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        if request.headers().contains_key(AUTHORIZATION) {
-            return ResponseFuture::passthrough(self.inner.call(request));
-        }
-        let api_path = request
-            .uri()
-            .path()
-            .strip_prefix(shared.params.api_base.path())
-            .unwrap_or_default();
-        if is_app_jwt_route(api_path) {
+        let (path, prefix) = (request.uri().path(), shared.params.api_base.path());
+        let api_path = if prefix.is_empty() { path } else { path.strip_prefix(prefix).unwrap_or_default() };
+        if is_app_jwt_route(api_path) && !request.headers().contains_key(AUTHORIZATION) {
             // App routes take the App JWT: cached for minutes, signed anew only near its expiry.
             let app = shared.app.clone();
             let clone = self.inner.clone();
             let ready = std::mem::replace(&mut self.inner, clone);
             let stamp = async move {
                 let jwt = app.jwt().await?;
-                Ok(Stamp::AppJwt(
-                    jwt.authorization(),
-                    AppJwtUsed::new(app, &jwt),
-                ))
+                Ok(Stamp::AppJwt(jwt.authorization(), AppJwtUsed::new(app, &jwt)))
             };
-            return ResponseFuture::waiting(Box::pin(stamp), ready, request);
+            return ResponseFuture::waiting(Box::pin(stamp), ready, request, self.every_response);
         }
 
-        // The hot path: one load, one header clone.
-        let current = shared.current.load();
-        if let Some(token) = current
-            .as_ref()
-            .filter(|token| Instant::now() < token.usable_until)
-        {
-            request
-                .headers_mut()
-                .insert(AUTHORIZATION, token.authorization.clone());
-            let used = InstallationTokenUsed {
-                entry: Arc::clone(token),
+        // The hot path: one cache revalidation, one header clone. The refresher withdraws a token when its time
+        // for requests is over, so the hot path needs no clock.
+        if let Some(token) = self.current.load() {
+            let value = match &self.stamp {
+                Some((serial, value)) if *serial == token.serial => value.clone(),
+                _ => {
+                    let value = own_copy(&token.authorization);
+                    self.stamp = Some((token.serial, value.clone()));
+                    value
+                }
             };
-            drop(current);
-            return ResponseFuture::authorized(self.inner.call(request), used);
+            let headers = request.headers_mut();
+            if let Some(callers) = headers.insert(AUTHORIZATION, value) {
+                // The caller chose the credential: put it back and do not claim the request.
+                headers.insert(AUTHORIZATION, callers);
+                return ResponseFuture::passthrough(self.inner.call(request));
+            }
+            // The future holds the token's entry only while every response needs it: before GitHub has proved
+            // the token (its first seconds), or when asked to. Otherwise it holds just the serial, and no
+            // reference count is touched beyond the header's.
+            let entry = (self.every_response || !token.replicated.load(Ordering::Relaxed)).then(|| Arc::clone(token));
+            return ResponseFuture::authorized(self.inner.call(request), token.serial, entry, self.every_response);
         }
-        drop(current);
+        if request.headers().contains_key(AUTHORIZATION) {
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
 
         // No usable token: wait for the refresher, then call the inner service that was polled ready.
         let clone = self.inner.clone();
@@ -131,6 +167,28 @@ where
             Box::pin(async move { handle.acquire(None).await.map(Stamp::Installation) }),
             ready,
             request,
+            self.every_response,
         )
+    }
+}
+
+/// A separately allocated copy of a (sensitive) header value.
+fn own_copy(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(value.as_bytes()))
+        .unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(true);
+    // Cloning once turns it into a plain reference-counted handle, as cheap to clone as can be.
+    copy.clone()
+}
+
+/// Lets arc-swap's `Cache` reach the token source's `ArcSwap` through a handle that keeps it alive.
+#[derive(Clone)]
+struct CurrentToken(Arc<Handle>);
+
+impl Deref for CurrentToken {
+    type Target = ArcSwapOption<TokenEntry>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.shared.current
     }
 }

@@ -35,19 +35,13 @@ pub struct ApiBase {
 impl ApiBase {
     /// `https://api.github.com`.
     pub fn github_com() -> Self {
-        ApiBase {
-            scheme: Scheme::HTTPS,
-            authority: Authority::from_static("api.github.com"),
-            path: String::new(),
-        }
+        ApiBase { scheme: Scheme::HTTPS, authority: Authority::from_static("api.github.com"), path: String::new() }
     }
 
     /// Parses and checks a base URL.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let url = url.trim();
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| config(format!("the API base URL {url:?} is not a valid URL")))?;
+        let uri: Uri = url.parse().map_err(|_| config(format!("the API base URL {url:?} is not a valid URL")))?;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(config(format!(
                 "the API base URL {url:?} has no scheme or host: write it in full, as https://api.github.com or \
@@ -69,16 +63,12 @@ impl ApiBase {
             )));
         }
         if host == "github.com" || host == "www.github.com" {
-            return Err(config(
-                "github.com is the web host; the REST API is at https://api.github.com",
-            ));
+            return Err(config("github.com is the web host; the REST API is at https://api.github.com"));
         }
         if !loopback {
             let cloud = host == "api.github.com" || host.ends_with(".ghe.com");
             if cloud && !path.is_empty() {
-                return Err(config(format!(
-                    "the API base URL {url:?} has a path; {host} serves the API at its root"
-                )));
+                return Err(config(format!("the API base URL {url:?} has a path; {host} serves the API at its root")));
             }
             if host.ends_with(".ghe.com") && !host.starts_with("api.") {
                 return Err(config(format!(
@@ -92,11 +82,7 @@ impl ApiBase {
                 )));
             }
         }
-        Ok(ApiBase {
-            scheme: scheme.clone(),
-            authority: authority.clone(),
-            path,
-        })
+        Ok(ApiBase { scheme: scheme.clone(), authority: authority.clone(), path })
     }
 
     /// The URL of an API path such as `/app/installations/1/access_tokens`.
@@ -106,26 +92,25 @@ impl ApiBase {
             .authority(self.authority.clone())
             .path_and_query(format!("{}{}", self.path, path_and_query))
             .build()
-            .map_err(|e| {
-                Error::build(ErrorKind::InvalidRequest, "could not build an API URL")
-                    .source(e)
-                    .finish()
-            })
+            .map_err(|e| Error::build(ErrorKind::InvalidRequest, "could not build an API URL").source(e).finish())
     }
 
     /// Whether `uri` goes to this API's scheme, host and port: the only place its tokens may be sent.
     pub fn is_same_origin(&self, uri: &Uri) -> bool {
-        uri.scheme() == Some(&self.scheme)
-            && uri.authority().is_some_and(|a| {
-                a.host().eq_ignore_ascii_case(self.authority.host())
-                    && a.port_u16().or_else(|| default_port(&self.scheme)) == self.port()
-            })
+        if uri.scheme() != Some(&self.scheme) {
+            return false;
+        }
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        // Requests built from the base carry its authority verbatim: no parsing on the hot path.
+        same_bytes(authority.as_str().as_bytes(), self.authority.as_str().as_bytes())
+            || (authority.host().eq_ignore_ascii_case(self.authority.host())
+                && authority.port_u16().or_else(|| default_port(&self.scheme)) == self.port())
     }
 
     fn port(&self) -> Option<u16> {
-        self.authority
-            .port_u16()
-            .or_else(|| default_port(&self.scheme))
+        self.authority.port_u16().or_else(|| default_port(&self.scheme))
     }
 
     /// The path prefix (`/api/v3` on GitHub Enterprise Server, empty on github.com).
@@ -139,6 +124,19 @@ impl ApiBase {
     }
 }
 
+/// Byte equality of two short strings, word by word, without a call into libc's `memcmp` (whose vector code
+/// path costs more than the comparison itself for a host name).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a_words, mut b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let words_equal = a_words.by_ref().zip(b_words.by_ref()).all(|(x, y)| {
+        u64::from_ne_bytes(x.try_into().unwrap_or_default()) == u64::from_ne_bytes(y.try_into().unwrap_or_default())
+    });
+    words_equal && a_words.remainder().iter().zip(b_words.remainder()).all(|(x, y)| x == y)
+}
+
 fn default_port(scheme: &Scheme) -> Option<u16> {
     if *scheme == Scheme::HTTPS {
         Some(443)
@@ -150,11 +148,7 @@ fn default_port(scheme: &Scheme) -> Option<u16> {
 }
 
 fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host == "[::1]"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    host == "localhost" || host == "[::1]" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn config(message: impl Into<String>) -> Error {
@@ -217,6 +211,19 @@ mod tests {
     }
 
     #[test]
+    fn same_bytes_is_equality() {
+        for (a, b) in [("", ""), ("a", "a"), ("api.github.com", "api.github.com"), ("127.0.0.1:8080", "127.0.0.1:8080")]
+        {
+            assert!(same_bytes(a.as_bytes(), b.as_bytes()));
+        }
+        for (a, b) in
+            [("", "a"), ("api.github.com", "api.github.con"), ("api.github.com", "bpi.github.com"), ("a", "b")]
+        {
+            assert!(!same_bytes(a.as_bytes(), b.as_bytes()), "{a} {b}");
+        }
+    }
+
+    #[test]
     fn origin_comparison() {
         let base = ApiBase::parse("https://ghe.example.com/api/v3").unwrap();
         assert!(base.is_same_origin(&"https://ghe.example.com/api/v3/repos/a/b".parse().unwrap()));
@@ -225,9 +232,6 @@ mod tests {
         assert!(!base.is_same_origin(&"https://ghe.example.com:8443/".parse().unwrap()));
         assert!(!base.is_same_origin(&"https://evil.example.com/api/v3".parse().unwrap()));
         assert!(!base.is_same_origin(&"/repos/a/b".parse().unwrap()));
-        assert_eq!(
-            base.url("/app").unwrap().to_string(),
-            "https://ghe.example.com/api/v3/app"
-        );
+        assert_eq!(base.url("/app").unwrap().to_string(), "https://ghe.example.com/api/v3/app");
     }
 }

@@ -38,17 +38,13 @@ where
     ResB::Data: Send,
     ResB::Error: Into<BoxError>,
 {
-    let client = client
-        .map_request(|req: Request<Bytes>| req.map(B::from))
-        .map_err(Into::into)
-        .and_then(|response: Response<ResB>| async move {
+    let client = client.map_request(|req: Request<Bytes>| req.map(B::from)).map_err(Into::into).and_then(
+        |response: Response<ResB>| async move {
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BYTES)
-                .collect()
-                .await?
-                .to_bytes();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await?.to_bytes();
             Ok::<_, BoxError>(Response::from_parts(parts, body))
-        });
+        },
+    );
     BoxCloneSyncService::new(client)
 }
 
@@ -96,9 +92,7 @@ impl TokenScope {
 
     /// Whether nothing limits the token.
     pub fn is_empty(&self) -> bool {
-        self.repositories.is_empty()
-            && self.repository_ids.is_empty()
-            && self.permissions.is_empty()
+        self.repositories.is_empty() && self.repository_ids.is_empty() && self.permissions.is_empty()
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -106,16 +100,10 @@ impl TokenScope {
         if count > 500 {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                format!(
-                    "{count} repositories requested; GitHub allows at most 500 per token: split the work"
-                ),
+                format!("{count} repositories requested; GitHub allows at most 500 per token: split the work"),
             ));
         }
-        if self
-            .repositories
-            .iter()
-            .any(|r| r.is_empty() || r.contains('/'))
-        {
+        if self.repositories.iter().any(|r| r.is_empty() || r.contains('/')) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "repository names in a token scope are names without the owner (`repo`, not `owner/repo`)",
@@ -150,16 +138,9 @@ pub(crate) struct Minted {
 
 /// Sends one token request and reads the answer. On a clock-skew refusal, the offset read from `Date` is
 /// stored in the App before the error is returned, so the next JWT is already corrected.
-pub(crate) async fn mint_once(
-    app: &GitHubApp,
-    client: &MintClient,
-    params: &MintParams,
-) -> Result<Minted, Error> {
+pub(crate) async fn mint_once(app: &GitHubApp, client: &MintClient, params: &MintParams) -> Result<Minted, Error> {
     let jwt = app.jwt().await?;
-    let url = params.api_base.url(&format!(
-        "/app/installations/{}/access_tokens",
-        params.installation_id
-    ))?;
+    let url = params.api_base.url(&format!("/app/installations/{}/access_tokens", params.installation_id))?;
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(url)
@@ -172,14 +153,7 @@ pub(crate) async fn mint_once(
     }
     let request = request
         .body(params.body.clone().unwrap_or_default())
-        .map_err(|e| {
-            Error::build(
-                ErrorKind::InvalidRequest,
-                "could not build the token request",
-            )
-            .source(e)
-            .finish()
-        })?;
+        .map_err(|e| Error::build(ErrorKind::InvalidRequest, "could not build the token request").source(e).finish())?;
 
     let send = async {
         let mut client = client.clone();
@@ -202,31 +176,17 @@ pub(crate) async fn mint_once(
     let received_at = Instant::now();
     let local_now = SystemTime::now();
     let (parts, body) = response.into_parts();
-    let server_date = parts
-        .headers
-        .get(DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| httpdate::parse_http_date(d).ok());
+    let server_date =
+        parts.headers.get(DATE).and_then(|d| d.to_str().ok()).and_then(|d| httpdate::parse_http_date(d).ok());
     if parts.status == StatusCode::CREATED || parts.status == StatusCode::OK {
         read_token(&body, server_date, local_now, received_at, app, params)
     } else {
-        Err(refusal(
-            parts.status,
-            &parts.headers,
-            &body,
-            server_date,
-            local_now,
-            app,
-            params,
-        ))
+        Err(refusal(parts.status, &parts.headers, &body, server_date, local_now, app, params))
     }
 }
 
 fn transport_error(error: BoxError, params: &MintParams) -> Error {
-    if error
-        .downcast_ref::<http_body_util::LengthLimitError>()
-        .is_some()
-    {
+    if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
         return malformed(format!(
             "the answer to the token request was larger than {} MiB; GitHub's is a few KiB: is a proxy answering \
              instead of {}?",
@@ -274,19 +234,18 @@ fn read_token(
     let token = match parsed.token {
         Some(serde_json::Value::String(token)) if !token.is_empty() => token,
         _ => {
-            return Err(malformed(
-                "the token response has no `token` string: GitHub's answer was cut or altered",
-            ));
+            return Err(malformed("the token response has no `token` string: GitHub's answer was cut or altered"));
         }
     };
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(malformed(
-            "the token in GitHub's answer contains characters that cannot go into an HTTP header",
-        ));
+        return Err(malformed("the token in GitHub's answer contains characters that cannot go into an HTTP header"));
     }
     let mut authorization = HeaderValue::try_from(format!("Bearer {token}"))
         .map_err(|_| malformed("the token in GitHub's answer cannot go into an HTTP header"))?;
     authorization.set_sensitive(true);
+    // A clone of a `Bytes` built from a `String` is a plain reference-counted handle, and so are its clones:
+    // the hot path clones this value once per request.
+    let authorization = authorization.clone();
 
     let expires_at = match &parsed.expires_at {
         Some(serde_json::Value::String(text)) => parse_timestamp(text).ok_or_else(|| {
@@ -296,9 +255,7 @@ fn read_token(
             ))
         })?,
         _ => {
-            return Err(malformed(
-                "the token response has no `expires_at`: GitHub's answer was cut or altered",
-            ));
+            return Err(malformed("the token response has no `expires_at`: GitHub's answer was cut or altered"));
         }
     };
     // The lifetime as GitHub counts it: its expires_at minus its own clock (the Date header, which has second
@@ -307,9 +264,7 @@ fn read_token(
         Some(date) => date + Duration::from_secs(1),
         None => shift(local_now, app.clock_offset()),
     };
-    let lifetime = expires_at
-        .duration_since(server_now)
-        .unwrap_or(Duration::ZERO);
+    let lifetime = expires_at.duration_since(server_now).unwrap_or(Duration::ZERO);
     if lifetime < Duration::from_secs(1) {
         return Err(malformed(format!(
             "GitHub answered with a token that has already expired (expires_at {}, GitHub's clock {}): retried \
@@ -318,13 +273,7 @@ fn read_token(
             humantime::format_rfc3339_seconds(server_now),
         )));
     }
-    Ok(Minted {
-        authorization,
-        expires_at,
-        received_at,
-        expires: received_at + lifetime,
-        details: parsed.details,
-    })
+    Ok(Minted { authorization, expires_at, received_at, expires: received_at + lifetime, details: parsed.details })
 }
 
 /// RFC 3339 with `Z` or a numeric offset, with or without fractional seconds.
@@ -334,10 +283,7 @@ pub(crate) fn parse_timestamp(text: &str) -> Option<SystemTime> {
         return Some(t);
     }
     // `+HH:MM` / `-HH:MM` offsets, which humantime does not take.
-    let split = text
-        .len()
-        .checked_sub(6)
-        .filter(|&i| text.is_char_boundary(i))?;
+    let split = text.len().checked_sub(6).filter(|&i| text.is_char_boundary(i))?;
     let (local, offset) = text.split_at(split);
     let sign = match offset.as_bytes()[0] {
         b'+' => 1,
@@ -351,11 +297,7 @@ pub(crate) fn parse_timestamp(text: &str) -> Option<SystemTime> {
 }
 
 fn shift(t: SystemTime, seconds: i64) -> SystemTime {
-    if seconds >= 0 {
-        t + Duration::from_secs(seconds as u64)
-    } else {
-        t - Duration::from_secs(seconds.unsigned_abs())
-    }
+    if seconds >= 0 { t + Duration::from_secs(seconds as u64) } else { t - Duration::from_secs(seconds.unsigned_abs()) }
 }
 
 /// GitHub's messages for a JWT refused because of the clock.
@@ -382,9 +324,7 @@ fn refusal(
     app: &GitHubApp,
     params: &MintParams,
 ) -> Error {
-    let raw_message = serde_json::from_slice::<GitHubErrorBody>(body)
-        .ok()
-        .and_then(|b| b.message);
+    let raw_message = serde_json::from_slice::<GitHubErrorBody>(body).ok().and_then(|b| b.message);
     let message = raw_message.as_deref().map(scrub);
     let request_id = headers
         .get("x-github-request-id")
@@ -393,10 +333,7 @@ fn refusal(
     let id = params.installation_id;
     let base = &params.api_base;
     let (kind, text, offset) = match status.as_u16() {
-        401 if raw_message
-            .as_deref()
-            .is_some_and(|m| CLOCK_SKEW_MESSAGES.iter().any(|c| m.contains(c))) =>
-        {
+        401 if raw_message.as_deref().is_some_and(|m| CLOCK_SKEW_MESSAGES.iter().any(|c| m.contains(c))) => {
             let offset = server_date.map(|date| app.learn_clock_offset(date, local_now));
             let text = match offset {
                 Some(offset) => format!(
@@ -412,20 +349,15 @@ fn refusal(
             };
             (ErrorKind::ClockSkew, text, offset)
         }
-        401 if raw_message
-            .as_deref()
-            .is_some_and(|m| m.contains(JWT_NOT_DECODED)) =>
-        {
-            (
-                ErrorKind::JwtRejected,
-                format!(
-                    "GitHub did not accept the App JWT for {} at {base}: the private key does not belong to this App, \
+        401 if raw_message.as_deref().is_some_and(|m| m.contains(JWT_NOT_DECODED)) => (
+            ErrorKind::JwtRejected,
+            format!(
+                "GitHub did not accept the App JWT for {} at {base}: the private key does not belong to this App, \
                  the App id or client ID is wrong, or the key was deleted. Check both on the App's settings page",
-                    app.id()
-                ),
-                None,
-            )
-        }
+                app.id()
+            ),
+            None,
+        ),
         401 => (
             ErrorKind::JwtRejected,
             format!(
@@ -488,19 +420,12 @@ fn refusal(
             None,
         ),
     };
-    Error::build(kind, text)
-        .status(status)
-        .github_message(message)
-        .request_id(request_id)
-        .clock_offset(offset)
-        .finish()
+    Error::build(kind, text).status(status).github_message(message).request_id(request_id).clock_offset(offset).finish()
 }
 
 fn is_rate_limited(status: StatusCode, headers: &HeaderMap, message: Option<&str>) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS
-        || headers
-            .get("x-ratelimit-remaining")
-            .is_some_and(|v| v == "0")
+        || headers.get("x-ratelimit-remaining").is_some_and(|v| v == "0")
         || message.is_some_and(|m| m.to_ascii_lowercase().contains("rate limit"))
 }
 
@@ -526,15 +451,8 @@ mod tests {
     #[test]
     fn scope_body() {
         assert_eq!(TokenScope::new().body(), None);
-        let body = TokenScope::new()
-            .repositories(["a"])
-            .permission("issues", "write")
-            .body()
-            .unwrap();
-        assert_eq!(
-            &body[..],
-            br#"{"repositories":["a"],"permissions":{"issues":"write"}}"#
-        );
+        let body = TokenScope::new().repositories(["a"]).permission("issues", "write").body().unwrap();
+        assert_eq!(&body[..], br#"{"repositories":["a"],"permissions":{"issues":"write"}}"#);
         assert!(TokenScope::new().repositories(["o/a"]).validate().is_err());
         assert!(TokenScope::new().repository_ids(0..501).validate().is_err());
     }

@@ -87,20 +87,14 @@ impl Installation {
 
     /// The current token, minting one first if there is none (or it is about to expire).
     pub async fn token(&self) -> Result<InstallationToken, Error> {
-        self.handle
-            .acquire(None)
-            .await
-            .map(|entry| InstallationToken { entry })
+        self.handle.acquire(None).await.map(|entry| InstallationToken { entry })
     }
 
     /// A token with at least `validity` left, replacing the current one early if it has less. Use it before
     /// long jobs that cannot refresh midway (a `git clone` of a large repository). `validity` must be shorter
     /// than a token's lifetime (an hour on GitHub).
     pub async fn token_valid_for(&self, validity: Duration) -> Result<InstallationToken, Error> {
-        self.handle
-            .acquire(Some(validity))
-            .await
-            .map(|entry| InstallationToken { entry })
+        self.handle.acquire(Some(validity)).await.map(|entry| InstallationToken { entry })
     }
 
     /// Drops `token` if it is still the current one, so the next request gets a freshly minted token.
@@ -233,9 +227,7 @@ impl InstallationBuilder {
         let params = self.params()?;
         let scoped = !self.scope.is_empty();
         let shared = Shared::new(self.app, mint::erase(client), params, scoped, self.timing);
-        Ok(Installation {
-            handle: Arc::new(Handle::new(shared)),
-        })
+        Ok(Installation { handle: Arc::new(Handle::new(shared)) })
     }
 
     /// Mints one token now, with no cache, refresher or retry: for one-off scripts and for inspecting exactly
@@ -252,15 +244,8 @@ impl InstallationBuilder {
     {
         let params = self.params()?;
         let minted = mint::mint_once(&self.app, &mint::erase(client), &params).await?;
-        let entry = self.timing.entry(
-            minted,
-            self.installation_id,
-            !self.scope.is_empty(),
-            Weak::new(),
-        );
-        Ok(InstallationToken {
-            entry: Arc::new(entry),
-        })
+        let entry = self.timing.entry(minted, self.installation_id, !self.scope.is_empty(), Weak::new());
+        Ok(InstallationToken { entry: entry.share() })
     }
 
     fn params(&self) -> Result<MintParams, Error> {
@@ -302,12 +287,9 @@ impl InstallationBuilder {
             None => ApiBase::github_com(),
         };
         let user_agent = match &self.user_agent {
-            Some(ua) => HeaderValue::try_from(ua.as_str()).map_err(|_| {
-                config("the user agent contains characters not allowed in an HTTP header".into())
-            })?,
-            None => {
-                HeaderValue::from_static(concat!("tower-github-app/", env!("CARGO_PKG_VERSION")))
-            }
+            Some(ua) => HeaderValue::try_from(ua.as_str())
+                .map_err(|_| config("the user agent contains characters not allowed in an HTTP header".into()))?,
+            None => HeaderValue::from_static(concat!("tower-github-app/", env!("CARGO_PKG_VERSION"))),
         };
         Ok(MintParams {
             api_base,

@@ -41,10 +41,7 @@ impl Timing {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
         let lifetime = minted.expires.saturating_duration_since(minted.received_at);
         let margin = self.min_remaining.min(lifetime / 10);
-        let ahead = self
-            .refresh_before
-            .min(lifetime / 3)
-            .mul_f64(1.0 + fastrand::f64() * 0.2);
+        let ahead = self.refresh_before.min(lifetime / 3).mul_f64(1.0 + fastrand::f64() * 0.2);
         TokenEntry {
             authorization: minted.authorization,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
@@ -108,6 +105,8 @@ pub(crate) struct Shared {
     client: MintClient,
     /// The token requests use. `None` before the first mint and after an invalidation.
     pub(crate) current: ArcSwapOption<TokenEntry>,
+    /// The token before the current one, kept alive while requests that carried it may still be answered.
+    previous: ArcSwapOption<TokenEntry>,
     status: watch::Sender<Status>,
     demand: Notify,
     /// The longest validity a caller of `token_valid_for` asked for since the last mint.
@@ -117,13 +116,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        app: GitHubApp,
-        client: MintClient,
-        params: MintParams,
-        scoped: bool,
-        timing: Timing,
-    ) -> Self {
+    pub(crate) fn new(app: GitHubApp, client: MintClient, params: MintParams, scoped: bool, timing: Timing) -> Self {
         Shared {
             app,
             params,
@@ -131,6 +124,7 @@ impl Shared {
             timing,
             client,
             current: ArcSwapOption::empty(),
+            previous: ArcSwapOption::empty(),
             status: watch::Sender::new(Status::Idle),
             demand: Notify::new(),
             wanted: Mutex::new(None),
@@ -151,17 +145,23 @@ impl Shared {
         valid.then(|| Arc::clone(token))
     }
 
+    /// Makes `token` current, keeping the one it replaces as `previous`.
+    fn replace_current(&self, token: Option<Arc<TokenEntry>>) {
+        if let Some(old) = self.current.swap(token) {
+            self.previous.store(Some(old));
+        }
+    }
+
     /// Drops the token with this serial if it is still the current one, and asks for a new one.
     pub(crate) fn invalidate(&self, serial: u64) -> bool {
         let mut dropped = false;
-        self.current.rcu(|current| match current {
-            Some(token) if token.serial == serial => {
-                dropped = true;
-                None
-            }
-            other => other.clone(),
+        let before = self.current.rcu(|current| {
+            dropped = current.as_ref().is_some_and(|token| token.serial == serial);
+            if dropped { None } else { current.clone() }
         });
         if dropped {
+            // Requests that carried it may still be answered: keep it reachable.
+            self.previous.store(before);
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 installation = self.params.installation_id,
@@ -173,15 +173,31 @@ impl Shared {
         dropped
     }
 
+    /// Withdraws the current token if its time for requests is over.
+    fn withdraw_if_spent(&self, now: Instant) {
+        let mut spent = false;
+        let before = self.current.rcu(|current| {
+            spent = current.as_ref().is_some_and(|token| now >= token.usable_until);
+            if spent { None } else { current.clone() }
+        });
+        if spent {
+            let serial = before.as_ref().map(|t| t.serial);
+            tracing::warn!(
+                installation = self.params.installation_id,
+                serial,
+                "installation token withdrawn: no replacement before its end of use"
+            );
+            self.previous.store(before);
+        }
+    }
+
     /// When the refresher should mint next.
     fn next_mint(&self, now: Instant, retry_at: Option<Instant>) -> Instant {
         let current = self.current.load();
         let wanted = *self.wanted.lock().unwrap_or_else(|e| e.into_inner());
         let needed = match current.as_deref() {
             None => true,
-            Some(token) => {
-                now >= token.usable_until || wanted.is_some_and(|w| !token.is_valid_for(now, w))
-            }
+            Some(token) => now >= token.usable_until || wanted.is_some_and(|w| !token.is_valid_for(now, w)),
         };
         match (needed, retry_at, current.as_deref()) {
             (_, Some(retry_at), _) => retry_at,
@@ -203,24 +219,12 @@ impl Shared {
             tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
             result = mint_once(&self.app, &self.client, &self.params).await;
         }
-        result.map(|minted| {
-            self.timing.entry(
-                minted,
-                self.params.installation_id,
-                self.scoped,
-                Arc::downgrade(self),
-            )
-        })
+        result.map(|minted| self.timing.entry(minted, self.params.installation_id, self.scoped, Arc::downgrade(self)))
     }
 
     fn backoff(&self, failures: u32, now: Instant) -> Duration {
-        let exponential = self
-            .timing
-            .backoff_min
-            .saturating_mul(1 << (failures.saturating_sub(1)).min(20));
-        let delay = exponential
-            .min(self.timing.backoff_max)
-            .mul_f64(0.5 + fastrand::f64() * 0.5);
+        let exponential = self.timing.backoff_min.saturating_mul(1 << (failures.saturating_sub(1)).min(20));
+        let delay = exponential.min(self.timing.backoff_max).mul_f64(0.5 + fastrand::f64() * 0.5);
         // While the old token is still usable, try again at least twice before it runs out.
         match self.current.load().as_deref() {
             Some(token) if token.usable_until > now => {
@@ -250,18 +254,12 @@ pub(crate) struct Handle {
 
 impl Handle {
     pub(crate) fn new(shared: Shared) -> Self {
-        Handle {
-            shared: Arc::new(shared),
-            shutdown: watch::Sender::new(()),
-        }
+        Handle { shared: Arc::new(shared), shutdown: watch::Sender::new(()) }
     }
 
     /// The slow path: no usable token. Waits for the refresher's next outcome; fails fast while a failed
     /// mint's backoff runs, so a broken token endpoint never makes requests hang.
-    pub(crate) async fn acquire(
-        &self,
-        validity: Option<Duration>,
-    ) -> Result<Arc<TokenEntry>, Error> {
+    pub(crate) async fn acquire(&self, validity: Option<Duration>) -> Result<Arc<TokenEntry>, Error> {
         let shared = &self.shared;
         let mut status = shared.status.subscribe();
         let mut asked = false;
@@ -294,10 +292,7 @@ impl Handle {
                     let mut wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner());
                     *wanted = Some(wanted.map_or(validity, |w| w.max(validity)));
                 }
-                shared
-                    .counters
-                    .waited_requests
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.counters.waited_requests.fetch_add(1, Ordering::Relaxed);
                 shared.demand.notify_one();
             }
             // The sender lives in `shared`, which this future holds: `changed` cannot fail.
@@ -307,11 +302,7 @@ impl Handle {
 
     /// Starts the refresher on the current Tokio runtime unless it runs already (it stops with its runtime).
     fn ensure_running(&self) -> Result<(), Error> {
-        let mut running = self
-            .shared
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut running = self.shared.running.lock().unwrap_or_else(|e| e.into_inner());
         if *running {
             return Ok(());
         }
@@ -342,6 +333,9 @@ struct RunningGuard(Arc<Shared>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
+        // Nobody would withdraw the token when it runs out: drop it now, and the next request restarts the
+        // refresher on a live runtime.
+        self.0.current.store(None);
         *self.0.running.lock().unwrap_or_else(|e| e.into_inner()) = false;
         self.0.status.send_replace(Status::Stopped);
     }
@@ -355,13 +349,18 @@ async fn refresh(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
     let mut retry_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
+        // Requests never read the clock: a token whose time for requests is over (its refresh kept failing)
+        // is withdrawn here, and they wait or fail fast instead.
+        shared.withdraw_if_spent(now);
         let due = shared.next_mint(now, retry_at);
         if due > now {
+            let spent_at = shared.current.load().as_ref().map(|t| t.usable_until);
+            let wake = spent_at.map_or(due, |spent_at| due.min(spent_at));
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
                 _ = shared.demand.notified() => continue,
-                _ = tokio::time::sleep_until(due) => continue,
+                _ = tokio::time::sleep_until(wake) => continue,
             }
         }
         shared.status.send_replace(Status::Minting);
@@ -374,21 +373,14 @@ async fn refresh(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
             Ok(token) => {
                 failures = 0;
                 retry_at = None;
-                let wanted = shared
-                    .wanted
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
+                let wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner()).take();
                 // A scheduled refresh while the old token still serves: keep stamping the old one while GitHub
                 // replicates the new one, so requests never meet a token GitHub may not know yet. Anyone who
                 // asks for a token meanwhile (an invalidation, token_valid_for) ends the wait.
                 let lifetime = token.expires.saturating_duration_since(token.received_at);
                 let grace = shared.timing.replication_grace.min(lifetime / 10);
-                let old_serves = shared
-                    .current
-                    .load()
-                    .as_ref()
-                    .is_some_and(|old| Instant::now() + grace < old.usable_until);
+                let old_serves =
+                    shared.current.load().as_ref().is_some_and(|old| Instant::now() + grace < old.usable_until);
                 if wanted.is_none() && old_serves && !grace.is_zero() {
                     tokio::select! {
                         biased;
@@ -403,7 +395,7 @@ async fn refresh(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
                     expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
                     "installation token minted"
                 );
-                shared.current.store(Some(Arc::new(token)));
+                shared.replace_current(Some(token.share()));
                 shared.counters.mints.fetch_add(1, Ordering::Relaxed);
                 shared.status.send_replace(Status::Ready);
             }

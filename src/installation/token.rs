@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
@@ -46,15 +46,38 @@ pub(crate) struct TokenDetails {
     pub(crate) repositories: Vec<Repository>,
 }
 
+/// Every live token by serial, for the rare response (a `401`) that needs the entry of a token its request did
+/// not hold on to. Written once per mint and once per drop; read only on refusals.
+static REGISTRY: Mutex<BTreeMap<u64, Weak<TokenEntry>>> = Mutex::new(BTreeMap::new());
+
 impl TokenEntry {
+    /// Puts the entry behind an `Arc` and registers it under its serial.
+    pub(crate) fn share(self) -> Arc<TokenEntry> {
+        let entry = Arc::new(self);
+        REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.serial, Arc::downgrade(&entry));
+        entry
+    }
+
+    /// The entry of a live token.
+    pub(crate) fn find(serial: u64) -> Option<Arc<TokenEntry>> {
+        REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).get(&serial)?.upgrade()
+    }
+
     pub(crate) fn is_valid_for(&self, now: Instant, validity: Duration) -> bool {
         now + validity <= self.expires
     }
 
+    /// Records that GitHub accepted the token. A load, not a write, once it is known.
     pub(crate) fn mark_replicated(&self) {
-        if !self.replicated.swap(true, Ordering::AcqRel) {
+        if !self.replicated.load(Ordering::Acquire) && !self.replicated.swap(true, Ordering::AcqRel) {
             self.replicated_notify.notify_waiters();
         }
+    }
+}
+
+impl Drop for TokenEntry {
+    fn drop(&mut self) {
+        REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.serial);
     }
 }
 
@@ -83,11 +106,7 @@ impl InstallationToken {
     /// The token itself. Keep it out of logs, URLs and error messages.
     pub fn expose_secret(&self) -> &str {
         // Checked to be visible ASCII when it was received.
-        self.entry
-            .authorization
-            .to_str()
-            .unwrap_or_default()
-            .trim_start_matches("Bearer ")
+        self.entry.authorization.to_str().unwrap_or_default().trim_start_matches("Bearer ")
     }
 
     /// `Bearer <token>` as a header value marked sensitive.
@@ -146,19 +165,20 @@ impl fmt::Debug for InstallationToken {
         f.debug_struct("InstallationToken")
             .field("serial", &self.entry.serial)
             .field("installation_id", &self.entry.installation_id)
-            .field(
-                "expires_at",
-                &humantime::format_rfc3339_seconds(self.entry.expires_at),
-            )
+            .field("expires_at", &humantime::format_rfc3339_seconds(self.entry.expires_at))
             .field("scoped", &self.entry.scoped)
             .field("token", &"[redacted]")
             .finish()
     }
 }
 
-/// Put into every response's extensions by [`InstallationAuth`](crate::InstallationAuth): which token the request
+/// Put into a response's extensions by [`InstallationAuth`](crate::InstallationAuth): which token the request
 /// carried and when it was minted, so a retry policy outside the layer can tell a replication-lag `401` on a
 /// fresh token from a revoked token, without state shared with the layer.
+///
+/// By default it is attached to `401` and `403` responses, the ones a retry policy reads, so successful
+/// requests cost no allocation; [`InstallationAuthLayer::token_used_on_every_response`](crate::InstallationAuthLayer::token_used_on_every_response)
+/// attaches it to every response.
 ///
 /// It does not expose the token itself.
 #[derive(Clone)]
@@ -196,10 +216,7 @@ impl InstallationTokenUsed {
     /// Tells the token's source that GitHub refused it: if it is still the current token, it is dropped and one
     /// new token is minted, shared by every request that waits for it. Returns whether it was current.
     pub fn invalidate(&self) -> bool {
-        self.entry
-            .source
-            .upgrade()
-            .is_some_and(|shared| shared.invalidate(self.entry.serial))
+        self.entry.source.upgrade().is_some_and(|shared| shared.invalidate(self.entry.serial))
     }
 }
 

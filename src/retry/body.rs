@@ -36,8 +36,7 @@ mod tests {
         let full = Full::new(Bytes::from_static(b"{}"));
         assert!(clone_body(&full).is_some());
         assert!(clone_body(&String::from("x")).is_some());
-        let streaming: BoxBody<Bytes, std::convert::Infallible> =
-            Full::new(Bytes::from_static(b"data")).boxed();
+        let streaming: BoxBody<Bytes, std::convert::Infallible> = Full::new(Bytes::from_static(b"data")).boxed();
         assert!(clone_body(&streaming).is_none());
         let empty: BoxBody<Bytes, std::convert::Infallible> = Empty::new().boxed();
         assert!(clone_body(&empty).is_some());

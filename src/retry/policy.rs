@@ -76,10 +76,7 @@ impl RetryOn401Policy {
     }
 
     fn withdraw(&self) -> bool {
-        self.config
-            .budget
-            .as_ref()
-            .is_none_or(|budget| budget.withdraw())
+        self.config.budget.as_ref().is_none_or(|budget| budget.withdraw())
     }
 
     fn give_up<B>(&self, response: &mut Response<B>, reason: &'static str) {
@@ -91,19 +88,12 @@ impl RetryOn401Policy {
             reason,
             "GitHub refused the request's credentials; not retrying"
         );
-        response.extensions_mut().insert(RetryGaveUp {
-            retries: self.attempt.retries,
-            elapsed,
-            reason,
-        });
+        response.extensions_mut().insert(RetryGaveUp { retries: self.attempt.retries, elapsed, reason });
     }
 
     /// The backoff before lag retry number `n` (from 1): `initial * 2^(n-1)`, jittered to 50-100 %.
     fn lag_backoff(&self, n: u32) -> Duration {
-        let base = self
-            .config
-            .initial_backoff
-            .saturating_mul(1 << n.saturating_sub(1).min(16));
+        let base = self.config.initial_backoff.saturating_mul(1 << n.saturating_sub(1).min(16));
         base.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 
@@ -113,10 +103,10 @@ impl RetryOn401Policy {
         used: InstallationTokenUsed,
     ) -> Option<RetryFuture> {
         let status = response.status();
-        let refused = status == StatusCode::UNAUTHORIZED
-            || (status == StatusCode::FORBIDDEN && used.is_scoped());
+        let refused = status == StatusCode::UNAUTHORIZED || (status == StatusCode::FORBIDDEN && used.is_scoped());
         if !refused {
-            if !status.is_server_error() && status != StatusCode::TOO_MANY_REQUESTS {
+            // (The auth layer marks tokens GitHub accepted; this covers responses it did not see first.)
+            if status.is_success() || status.is_redirection() {
                 used.entry.mark_replicated();
             }
             return None;
@@ -127,9 +117,7 @@ impl RetryOn401Policy {
             // Replication lag: same token, after a backoff or as soon as another request proves it works.
             self.attempt.lag_retries += 1;
             self.attempt.retries += 1;
-            let delay = self
-                .lag_backoff(self.attempt.lag_retries)
-                .min(window_ends - now);
+            let delay = self.lag_backoff(self.attempt.lag_retries).min(window_ends - now);
             let entry = Arc::clone(&used.entry);
             if entry.replicated.load(Ordering::Acquire) {
                 if !self.attempt.retried_after_proof {
@@ -185,11 +173,7 @@ impl RetryOn401Policy {
         None
     }
 
-    fn on_app_jwt<B>(
-        &mut self,
-        response: &mut Response<B>,
-        used: AppJwtUsed,
-    ) -> Option<RetryFuture> {
+    fn on_app_jwt<B>(&mut self, response: &mut Response<B>, used: AppJwtUsed) -> Option<RetryFuture> {
         if response.status() != StatusCode::UNAUTHORIZED || self.attempt.clock_corrected {
             return None;
         }
@@ -219,17 +203,9 @@ where
 {
     type Future = RetryFuture;
 
-    fn retry(
-        &mut self,
-        _request: &mut Request<B>,
-        result: &mut Result<Response<ResB>, E>,
-    ) -> Option<Self::Future> {
+    fn retry(&mut self, _request: &mut Request<B>, result: &mut Result<Response<ResB>, E>) -> Option<Self::Future> {
         let response = result.as_mut().ok()?;
-        if let Some(used) = response
-            .extensions()
-            .get::<InstallationTokenUsed>()
-            .cloned()
-        {
+        if let Some(used) = response.extensions().get::<InstallationTokenUsed>().cloned() {
             return self.on_installation_token(response, used);
         }
         if let Some(used) = response.extensions().get::<AppJwtUsed>().cloned() {

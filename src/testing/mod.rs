@@ -35,9 +35,7 @@
 
 mod server;
 
-pub use server::{
-    Credential, FakeGitHub, FakeGitHubBuilder, MintFault, RecordedRequest, TokenState,
-};
+pub use server::{Credential, FakeGitHub, FakeGitHubBuilder, MintFault, RecordedRequest, TokenState};
 
 /// A 2048-bit RSA private key (PKCS#1 PEM) made for this crate's tests. It is public: never use it for a real
 /// App. The fake server trusts it for [`FakeGitHub::APP_ID`].

@@ -146,11 +146,7 @@ impl State {
 }
 
 fn shift(t: SystemTime, seconds: i64) -> SystemTime {
-    if seconds >= 0 {
-        t + Duration::from_secs(seconds as u64)
-    } else {
-        t - Duration::from_secs(seconds.unsigned_abs())
-    }
+    if seconds >= 0 { t + Duration::from_secs(seconds as u64) } else { t - Duration::from_secs(seconds.unsigned_abs()) }
 }
 
 /// Configures a [`FakeGitHub`] before it starts.
@@ -213,13 +209,7 @@ impl FakeGitHubBuilder {
     }
 
     /// Registers an installation of `app_id` on `account` with access to `repositories` (`owner/name`).
-    pub fn installation(
-        mut self,
-        id: u64,
-        app_id: u64,
-        account: &str,
-        repositories: &[&str],
-    ) -> Self {
+    pub fn installation(mut self, id: u64, app_id: u64, account: &str, repositories: &[&str]) -> Self {
         self.state.installations.insert(
             id,
             InstallationFixture {
@@ -238,12 +228,8 @@ impl FakeGitHubBuilder {
     /// # Panics
     /// If no port on 127.0.0.1 can be bound: a test environment problem, not an input.
     pub async fn start(self) -> FakeGitHub {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0 for the fake GitHub");
-        let addr = listener
-            .local_addr()
-            .expect("local address of the fake GitHub");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0 for the fake GitHub");
+        let addr = listener.local_addr().expect("local address of the fake GitHub");
         let state = Arc::new(Mutex::new(self.state));
         let (shutdown, shutdown_rx) = watch::channel(());
         tokio::spawn(serve(listener, Arc::clone(&state), shutdown_rx));
@@ -251,26 +237,15 @@ impl FakeGitHubBuilder {
             FakeGitHub::APP_ID,
             PrivateKey::from_pem(super::TEST_PRIVATE_KEY).expect("the crate's test key parses"),
         );
-        FakeGitHub {
-            inner: Arc::new(Inner {
-                state,
-                addr,
-                app,
-                _shutdown: shutdown,
-            }),
-        }
+        FakeGitHub { inner: Arc::new(Inner { state, addr, app, _shutdown: shutdown }) }
     }
 }
 
 fn default_permissions() -> BTreeMap<String, String> {
-    [
-        ("contents", "write"),
-        ("issues", "write"),
-        ("metadata", "read"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+    [("contents", "write"), ("issues", "write"), ("metadata", "read")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// A fake GitHub API server on 127.0.0.1. Stops when the last clone is dropped.
@@ -292,9 +267,7 @@ struct Inner {
 
 impl fmt::Debug for FakeGitHub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FakeGitHub")
-            .field("addr", &self.inner.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("FakeGitHub").field("addr", &self.inner.addr).finish_non_exhaustive()
     }
 }
 
@@ -308,8 +281,7 @@ impl FakeGitHub {
 
     /// A builder with the default fixtures.
     pub fn builder() -> FakeGitHubBuilder {
-        let key =
-            PrivateKey::from_pem(super::TEST_PRIVATE_KEY).expect("the crate's test key parses");
+        let key = PrivateKey::from_pem(super::TEST_PRIVATE_KEY).expect("the crate's test key parses");
         FakeGitHubBuilder {
             state: State {
                 token_lifetime: Duration::from_secs(3600),
@@ -362,18 +334,13 @@ impl FakeGitHub {
 
     /// A hyper-util HTTP/1 client for it (and any other http URL).
     pub fn client(&self) -> Client<HttpConnector, Full<Bytes>> {
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .build_http()
+        Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build_http()
     }
 
     /// A hyper-util client speaking HTTP/2 without TLS (prior knowledge): thousands of concurrent requests share
     /// one connection.
     pub fn client_http2(&self) -> Client<HttpConnector, Full<Bytes>> {
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .http2_only(true)
-            .build_http()
+        Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).http2_only(true).build_http()
     }
 
     /// Tokens minted so far.
@@ -450,8 +417,7 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, mut shutdown: wa
         let state = Arc::clone(&state);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request| handle(Arc::clone(&state), request));
+            let service = hyper::service::service_fn(move |request| handle(Arc::clone(&state), request));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
@@ -478,36 +444,20 @@ type Answer = Result<Response<Full<Bytes>>, Hangup>;
 
 async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer {
     let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     let path = parts.uri.path().to_owned();
     let prefix = lock().prefix.clone();
     let Some(route) = path.strip_prefix(prefix.as_str()).map(str::to_owned) else {
         let mut s = lock();
         let response = not_found(&s);
-        return Ok(record(
-            &mut s,
-            &parts.method,
-            &path,
-            Credential::None,
-            response,
-        ));
+        return Ok(record(&mut s, &parts.method, &path, Credential::None, response));
     };
     let segments: Vec<&str> = route.trim_start_matches('/').split('/').collect();
-    let authorization = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
 
     // The token endpoint: faults first, then GitHub's checks.
-    if let (&Method::POST, ["app", "installations", id, "access_tokens"]) =
-        (&parts.method, segments.as_slice())
-    {
+    if let (&Method::POST, ["app", "installations", id, "access_tokens"]) = (&parts.method, segments.as_slice()) {
         let fault = {
             let mut s = lock();
             s.mint_attempts += 1;
@@ -519,55 +469,23 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer 
             Some(MintFault::CloseConnection) => {
                 let mut s = lock();
                 let credential = classify(&s, authorization.as_deref());
-                s.requests.push(RecordedRequest {
-                    method: parts.method,
-                    path,
-                    credential,
-                    status: 0,
-                });
+                s.requests.push(RecordedRequest { method: parts.method, path, credential, status: 0 });
                 return Err(Hangup);
             }
             Some(MintFault::Status(status, body)) => {
                 let mut s = lock();
-                let response = respond(
-                    &s,
-                    status,
-                    "application/json; charset=utf-8",
-                    Bytes::from(body),
-                );
-                return Ok(record(
-                    &mut s,
-                    &parts.method,
-                    &path,
-                    Credential::None,
-                    response,
-                ));
+                let response = respond(&s, status, "application/json; charset=utf-8", Bytes::from(body));
+                return Ok(record(&mut s, &parts.method, &path, Credential::None, response));
             }
-            Some(MintFault::Raw {
-                status,
-                content_type,
-                body,
-            }) => {
+            Some(MintFault::Raw { status, content_type, body }) => {
                 let mut s = lock();
                 let response = respond(&s, status, content_type, body);
-                return Ok(record(
-                    &mut s,
-                    &parts.method,
-                    &path,
-                    Credential::None,
-                    response,
-                ));
+                return Ok(record(&mut s, &parts.method, &path, Credential::None, response));
             }
             Some(MintFault::Suspended) => {
                 let mut s = lock();
                 let response = error(&s, 403, "This installation has been suspended");
-                return Ok(record(
-                    &mut s,
-                    &parts.method,
-                    &path,
-                    Credential::AppJwt { valid: true },
-                    response,
-                ));
+                return Ok(record(&mut s, &parts.method, &path, Credential::AppJwt { valid: true }, response));
             }
             Some(MintFault::ExpiredToken) | None => {}
         }
@@ -580,88 +498,52 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer 
     let mut s = lock();
     let (credential, response) = match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["app"]) => with_jwt(&s, authorization.as_deref(), |s, app| {
-            ok(
-                s,
-                json!({"id": app, "slug": "fake-app", "name": "Fake App"}),
-            )
+            ok(s, json!({"id": app, "slug": "fake-app", "name": "Fake App"}))
         }),
-        (&Method::GET, ["app", "installations"]) => {
-            with_jwt(&s, authorization.as_deref(), |s, app| {
-                let list: Vec<Value> = s
-                    .installations
-                    .iter()
-                    .filter(|(_, i)| i.app_id == app)
-                    .map(
-                        |(id, i)| json!({"id": id, "account": {"login": i.account}, "app_id": app}),
-                    )
-                    .collect();
-                ok(s, Value::Array(list))
-            })
-        }
+        (&Method::GET, ["app", "installations"]) => with_jwt(&s, authorization.as_deref(), |s, app| {
+            let list: Vec<Value> = s
+                .installations
+                .iter()
+                .filter(|(_, i)| i.app_id == app)
+                .map(|(id, i)| json!({"id": id, "account": {"login": i.account}, "app_id": app}))
+                .collect();
+            ok(s, Value::Array(list))
+        }),
         (&Method::GET, ["repos", owner, repo, "installation"]) => {
             let full_name = format!("{owner}/{repo}");
             with_jwt(&s, authorization.as_deref(), |s, app| {
-                match s
-                    .installations
-                    .iter()
-                    .find(|(_, i)| i.app_id == app && i.repositories.contains(&full_name))
-                {
-                    Some((id, i)) => ok(
-                        s,
-                        json!({"id": id, "account": {"login": i.account}, "app_id": app}),
-                    ),
+                match s.installations.iter().find(|(_, i)| i.app_id == app && i.repositories.contains(&full_name)) {
+                    Some((id, i)) => ok(s, json!({"id": id, "account": {"login": i.account}, "app_id": app})),
                     None => not_found(s),
                 }
             })
         }
         (&Method::GET, ["repos", owner, repo]) => {
             let full_name = format!("{owner}/{repo}");
-            with_token(
-                &mut s,
-                authorization.as_deref(),
-                |s, installation, token| {
-                    let visible = s.installations[&installation]
-                        .repositories
-                        .contains(&full_name)
-                        && token
-                            .repositories
-                            .as_ref()
-                            .is_none_or(|names| names.iter().any(|n| *n == *repo));
-                    if visible {
-                        ok(s, repository_json(&full_name))
-                    } else {
-                        not_found(s)
-                    }
-                },
-            )
+            with_token(&mut s, authorization.as_deref(), |s, installation, token| {
+                let visible = s.installations[&installation].repositories.contains(&full_name)
+                    && token.repositories.as_ref().is_none_or(|names| names.iter().any(|n| *n == *repo));
+                if visible { ok(s, repository_json(&full_name)) } else { not_found(s) }
+            })
         }
-        (&Method::GET, ["installation", "repositories"]) => with_token(
-            &mut s,
-            authorization.as_deref(),
-            |s, installation, token| {
+        (&Method::GET, ["installation", "repositories"]) => {
+            with_token(&mut s, authorization.as_deref(), |s, installation, token| {
                 let repositories: Vec<Value> = s.installations[&installation]
                     .repositories
                     .iter()
                     .filter(|full| {
                         let name = full.split('/').nth(1).unwrap_or_default();
-                        token
-                            .repositories
-                            .as_ref()
-                            .is_none_or(|names| names.iter().any(|n| n == name))
+                        token.repositories.as_ref().is_none_or(|names| names.iter().any(|n| n == name))
                     })
                     .map(|full| repository_json(full))
                     .collect();
-                ok(
-                    s,
-                    json!({"total_count": repositories.len(), "repositories": repositories}),
-                )
-            },
-        ),
+                ok(s, json!({"total_count": repositories.len(), "repositories": repositories}))
+            })
+        }
         (&Method::DELETE, ["installation", "token"]) => {
             let token = bearer(authorization.as_deref()).map(str::to_owned);
-            let (credential, response) = with_token(&mut s, authorization.as_deref(), |s, _, _| {
-                respond(s, 204, "text/plain", Bytes::new())
-            });
+            let (credential, response) =
+                with_token(&mut s, authorization.as_deref(), |s, _, _| respond(s, 204, "text/plain", Bytes::new()));
             if response.status() == StatusCode::NO_CONTENT
                 && let Some(issued) = token.and_then(|t| s.tokens.get_mut(&t))
             {
@@ -703,34 +585,20 @@ fn record(
     response
 }
 
-fn respond(
-    s: &State,
-    status: u16,
-    content_type: &'static str,
-    body: Bytes,
-) -> Response<Full<Bytes>> {
+fn respond(s: &State, status: u16, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     if let Ok(date) = http::HeaderValue::try_from(httpdate::fmt_http_date(s.wall_now())) {
         headers.insert(DATE, date);
     }
-    headers.insert(
-        "x-github-request-id",
-        http::HeaderValue::from_static("FAKE:0001"),
-    );
+    headers.insert("x-github-request-id", http::HeaderValue::from_static("FAKE:0001"));
     response
 }
 
 fn ok(s: &State, body: Value) -> Response<Full<Bytes>> {
-    respond(
-        s,
-        200,
-        "application/json; charset=utf-8",
-        Bytes::from(body.to_string()),
-    )
+    respond(s, 200, "application/json; charset=utf-8", Bytes::from(body.to_string()))
 }
 
 fn error(s: &State, status: u16, message: &str) -> Response<Full<Bytes>> {
@@ -739,12 +607,7 @@ fn error(s: &State, status: u16, message: &str) -> Response<Full<Bytes>> {
         "documentation_url": "https://docs.github.com/rest",
         "status": status.to_string(),
     });
-    respond(
-        s,
-        status,
-        "application/json; charset=utf-8",
-        Bytes::from(body.to_string()),
-    )
+    respond(s, status, "application/json; charset=utf-8", Bytes::from(body.to_string()))
 }
 
 fn not_found(s: &State) -> Response<Full<Bytes>> {
@@ -753,19 +616,13 @@ fn not_found(s: &State) -> Response<Full<Bytes>> {
 
 fn repository_json(full_name: &str) -> Value {
     let name = full_name.split('/').nth(1).unwrap_or_default();
-    let id = full_name
-        .bytes()
-        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-        % 1_000_000_000;
+    let id = full_name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 1_000_000_000;
     json!({"id": id, "name": name, "full_name": full_name, "private": true})
 }
 
 fn bearer(authorization: Option<&str>) -> Option<&str> {
     let value = authorization?;
-    value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("token "))
-        .map(str::trim)
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("token ")).map(str::trim)
 }
 
 #[derive(Deserialize)]
@@ -778,14 +635,12 @@ struct Claims {
 /// GitHub's checks of an App JWT: signature and issuer, then `exp`, then `iat`. Returns the App id.
 fn check_jwt(s: &State, authorization: Option<&str>) -> Result<u64, &'static str> {
     let jwt = bearer(authorization).ok_or("Requires authentication")?;
-    let claims: Claims =
-        jsonwebtoken::dangerous::insecure_decode_claims(jwt).map_err(|_| JWT_NOT_DECODED)?;
+    let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(jwt).map_err(|_| JWT_NOT_DECODED)?;
     let app = match claims.iss {
         Some(Value::Number(n)) => n.as_u64().and_then(|id| s.apps.iter().find(|a| a.id == id)),
-        Some(Value::String(text)) => s
-            .apps
-            .iter()
-            .find(|a| a.client_id == text || text.parse::<u64>().is_ok_and(|id| id == a.id)),
+        Some(Value::String(text)) => {
+            s.apps.iter().find(|a| a.client_id == text || text.parse::<u64>().is_ok_and(|id| id == a.id))
+        }
         _ => None,
     }
     .ok_or(JWT_NOT_DECODED)?;
@@ -795,22 +650,14 @@ fn check_jwt(s: &State, authorization: Option<&str>) -> Result<u64, &'static str
     validation.required_spec_claims.clear();
     jsonwebtoken::decode::<Value>(jwt, &app.key, &validation).map_err(|_| JWT_NOT_DECODED)?;
     let now = unix_seconds(s.wall_now());
-    let exp = claims
-        .exp
-        .as_ref()
-        .and_then(Value::as_i64)
-        .ok_or(CLOCK_SKEW_MESSAGES[1])?;
+    let exp = claims.exp.as_ref().and_then(Value::as_i64).ok_or(CLOCK_SKEW_MESSAGES[1])?;
     if exp <= now {
         return Err(CLOCK_SKEW_MESSAGES[1]);
     }
     if exp > now + 600 {
         return Err(CLOCK_SKEW_MESSAGES[0]);
     }
-    let iat = claims
-        .iat
-        .as_ref()
-        .and_then(Value::as_i64)
-        .ok_or(CLOCK_SKEW_MESSAGES[2])?;
+    let iat = claims.iat.as_ref().and_then(Value::as_i64).ok_or(CLOCK_SKEW_MESSAGES[2])?;
     if iat > now {
         return Err(CLOCK_SKEW_MESSAGES[2]);
     }
@@ -841,9 +688,7 @@ fn classify(s: &State, authorization: Option<&str>) -> Credential {
         };
     }
     if presented.starts_with("eyJ") {
-        return Credential::AppJwt {
-            valid: check_jwt(s, authorization).is_ok(),
-        };
+        return Credential::AppJwt { valid: check_jwt(s, authorization).is_ok() };
     }
     Credential::Unknown
 }
@@ -873,27 +718,12 @@ fn with_token(
     let credential = classify(s, authorization);
     let token = bearer(authorization).and_then(|t| s.tokens.get(t));
     match (&credential, token) {
-        (
-            Credential::InstallationToken {
-                installation_id,
-                state: TokenState::Valid,
-                ..
-            },
-            Some(token),
-        ) => {
-            let view = TokenView {
-                repositories: token.repositories.clone(),
-            };
+        (Credential::InstallationToken { installation_id, state: TokenState::Valid, .. }, Some(token)) => {
+            let view = TokenView { repositories: token.repositories.clone() };
             let response = answer(s, *installation_id, &view);
             (credential, response)
         }
-        (
-            Credential::InstallationToken {
-                state: TokenState::Replicating,
-                ..
-            },
-            Some(token),
-        ) if token.scoped => {
+        (Credential::InstallationToken { state: TokenState::Replicating, .. }, Some(token)) if token.scoped => {
             let response = error(s, 403, "Resource not accessible by integration");
             (credential, response)
         }
@@ -928,10 +758,7 @@ fn mint(
         return (credential, not_found(s));
     };
     if installation.suspended {
-        return (
-            credential,
-            error(s, 403, "This installation has been suspended"),
-        );
+        return (credential, error(s, 403, "This installation has been suspended"));
     }
     let scope: ScopeRequest = if body.is_empty() {
         ScopeRequest::default()
@@ -941,17 +768,8 @@ fn mint(
             Err(_) => return (credential, error(s, 400, "Problems parsing JSON")),
         }
     };
-    let names: Vec<&str> = installation
-        .repositories
-        .iter()
-        .filter_map(|r| r.split('/').nth(1))
-        .collect();
-    if scope
-        .repositories
-        .iter()
-        .any(|r| !names.contains(&r.as_str()))
-        || !scope.repository_ids.is_empty()
-    {
+    let names: Vec<&str> = installation.repositories.iter().filter_map(|r| r.split('/').nth(1)).collect();
+    if scope.repositories.iter().any(|r| !names.contains(&r.as_str())) || !scope.repository_ids.is_empty() {
         return (
             credential,
             error(
@@ -962,69 +780,34 @@ fn mint(
         );
     }
     let granted = |name: &String, level: &String| {
-        installation
-            .permissions
-            .get(name)
-            .is_some_and(|have| have == level || have == "write" && level == "read")
+        installation.permissions.get(name).is_some_and(|have| have == level || have == "write" && level == "read")
     };
-    if !scope
-        .permissions
-        .iter()
-        .all(|(name, level)| granted(name, level))
-    {
-        return (
-            credential,
-            error(
-                s,
-                422,
-                "The permissions requested are not granted to this installation.",
-            ),
-        );
+    if !scope.permissions.iter().all(|(name, level)| granted(name, level)) {
+        return (credential, error(s, 422, "The permissions requested are not granted to this installation."));
     }
-    let permissions = if scope.permissions.is_empty() {
-        installation.permissions.clone()
-    } else {
-        scope.permissions.clone()
-    };
+    let permissions =
+        if scope.permissions.is_empty() { installation.permissions.clone() } else { scope.permissions.clone() };
     let scoped = !scope.repositories.is_empty() || !scope.permissions.is_empty();
     let repositories: Vec<Value> = installation
         .repositories
         .iter()
-        .filter(|full| {
-            scope
-                .repositories
-                .iter()
-                .any(|r| full.ends_with(&format!("/{r}")))
-        })
+        .filter(|full| scope.repositories.iter().any(|r| full.ends_with(&format!("/{r}"))))
         .map(|full| repository_json(full))
         .collect();
 
     s.mints += 1;
     let serial = s.mints;
     let token = if s.long_tokens {
-        let filler: String = std::iter::repeat_with(fastrand::alphanumeric)
-            .take(480)
-            .collect();
-        format!(
-            "ghs_{app}_eyJhbGciOiJSUzI1NiJ9.{}-{}_{}",
-            &filler[..200],
-            &filler[200..400],
-            &filler[400..]
-        )
+        let filler: String = std::iter::repeat_with(fastrand::alphanumeric).take(480).collect();
+        format!("ghs_{app}_eyJhbGciOiJSUzI1NiJ9.{}-{}_{}", &filler[..200], &filler[200..400], &filler[400..])
     } else {
-        let random: String = std::iter::repeat_with(fastrand::alphanumeric)
-            .take(36)
-            .collect();
+        let random: String = std::iter::repeat_with(fastrand::alphanumeric).take(36).collect();
         format!("ghs_{random}")
     };
     let now = Instant::now();
     let lifetime = s.token_lifetime;
     let wall_now = s.wall_now();
-    let expires_at = if expired {
-        wall_now - Duration::from_secs(60)
-    } else {
-        wall_now + lifetime
-    };
+    let expires_at = if expired { wall_now - Duration::from_secs(60) } else { wall_now + lifetime };
     let answer = json!({
         "token": token,
         "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
@@ -1044,13 +827,5 @@ fn mint(
             scoped,
         },
     );
-    (
-        credential,
-        respond(
-            s,
-            201,
-            "application/json; charset=utf-8",
-            Bytes::from(answer.to_string()),
-        ),
-    )
+    (credential, respond(s, 201, "application/json; charset=utf-8", Bytes::from(answer.to_string())))
 }
