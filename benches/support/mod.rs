@@ -14,7 +14,7 @@ use tower_github_app::testing::FakeGitHub;
 use tower_github_app::{Installation, InstallationAuthLayer};
 
 /// The cheapest possible inner service: answers at once.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Bare;
 
 impl Service<Request<()>> for Bare {
