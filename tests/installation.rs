@@ -348,3 +348,22 @@ async fn a_token_whose_refresh_keeps_failing_is_withdrawn_before_it_expires() {
     // Bounded retries: backoff up to 60 s means at most a few attempts a minute.
     assert!(github.mint_attempts() < 200, "{}", github.mint_attempts());
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_jwt_serves_the_mints_of_many_installations() {
+    let mut builder = FakeGitHub::builder();
+    for id in 1000..1200 {
+        builder = builder.installation(id, FakeGitHub::APP_ID, "octo-org", &["octo-org/octo-repo"]);
+    }
+    let github = builder.start().await;
+    let app = github.app();
+    // 200 installations minted across 9 minutes share one JWT (valid 9.5 minutes, reused until 30 s before).
+    for id in 1000..1200 {
+        let installation =
+            Installation::builder(app.clone(), id).api_base(&github.api_base()).build(github.client()).unwrap();
+        installation.token().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2700)).await;
+    }
+    assert_eq!(github.mint_count(), 200);
+    assert_eq!(app.jwt_signatures(), 1);
+}

@@ -334,13 +334,13 @@ impl FakeGitHub {
 
     /// A hyper-util HTTP/1 client for it (and any other http URL).
     pub fn client(&self) -> Client<HttpConnector, Full<Bytes>> {
-        Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build_http()
+        Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector())
     }
 
     /// A hyper-util client speaking HTTP/2 without TLS (prior knowledge): thousands of concurrent requests share
     /// one connection.
     pub fn client_http2(&self) -> Client<HttpConnector, Full<Bytes>> {
-        Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).http2_only(true).build_http()
+        Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).http2_only(true).build(connector())
     }
 
     /// Tokens minted so far.
@@ -405,12 +405,22 @@ impl FakeGitHub {
     }
 }
 
+fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
+}
+
 async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, mut shutdown: watch::Receiver<()>) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // Small answers must not wait for delayed ACKs (Nagle): tests and benchmarks time them.
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
                 Err(_) => continue,
             },
         };
