@@ -3,9 +3,11 @@
 //! Owns: [`InstallationAuthLayer`] and its service [`InstallationAuth`]. It reads the token source and never
 //! mints, signs or retries; the token source mints and the retry policy (outside this layer) retries.
 //!
-//! Per request with a usable token, the layer does an origin comparison, one clock read, one `ArcSwap` load and
-//! one clone of a prebuilt, sensitive `HeaderValue`: no lock, no allocation, no formatting. `401` and `403`
-//! responses get an [`InstallationTokenUsed`](crate::InstallationTokenUsed) extension for the retry policy;
+//! Per request with a usable token, the layer does an origin comparison, one relaxed atomic load (arc-swap's
+//! `Cache` over the token source's `ArcSwap`) and one clone of a prebuilt, sensitive `HeaderValue` (each service
+//! clone keeps its own copy, so threads do not contend): no lock, no allocation, no clock read, no formatting.
+//! The token source withdraws a token when its time for requests is over, so the layer needs no clock. `401` and
+//! `403` responses get an [`InstallationTokenUsed`](crate::InstallationTokenUsed) extension for the retry policy;
 //! [`InstallationAuthLayer::token_used_on_every_response`] attaches it to every response.
 //!
 //! - Requests to the installation's API origin (scheme, host, port) get `Authorization: Bearer <token>`.
