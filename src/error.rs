@@ -209,14 +209,19 @@ impl std::error::Error for Error {
 pub(crate) fn scrub(message: &str) -> String {
     const MAX_CHARS: usize = 200;
     let mut out = String::new();
-    for word in message.split(' ') {
+    // Control characters go first, so that none can split a secret into words that pass the check.
+    let visible: String = message
+        .chars()
+        .filter_map(|c| if c.is_whitespace() { Some(' ') } else { (!c.is_control()).then_some(c) })
+        .collect();
+    for word in visible.split(' ').filter(|w| !w.is_empty()) {
         if !out.is_empty() {
             out.push(' ');
         }
         if looks_like_secret(word) {
             out.push_str("[redacted]");
         } else {
-            out.extend(word.chars().filter(|c| !c.is_control()));
+            out.push_str(word);
         }
         if out.chars().count() > MAX_CHARS {
             out = out.chars().take(MAX_CHARS).collect();
@@ -228,7 +233,7 @@ pub(crate) fn scrub(message: &str) -> String {
 }
 
 fn looks_like_secret(word: &str) -> bool {
-    let word = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    // No trimming: a prefix such as `ghu_` ends in punctuation, and a trimmed word would lose it.
     ["ghs_", "ghu_", "ghr_", "ghp_", "gho_", "github_pat_", "eyJ"].iter().any(|p| word.contains(p))
         || word.contains("PRIVATE KEY")
         // Long unbroken runs of token alphabet are treated as secrets too.
@@ -243,6 +248,10 @@ mod tests {
     fn scrub_removes_credentials_and_control_characters() {
         let scrubbed = scrub("Bad ghs_abc123 and eyJhbGci.x.y\n fine");
         assert_eq!(scrubbed, "Bad [redacted] and [redacted] fine");
+        // A control character cannot smuggle a token past the check.
+        assert_eq!(scrub("x gh\u{0}s_abc\tgh\u{7f}u_def"), "x [redacted] [redacted]");
+        // Found by fuzzing: a word ending in a token prefix.
+        assert_eq!(scrub("claim exp`p')tighu_ ; far"), "claim [redacted] ; far");
         let long = "x ".repeat(300);
         assert!(scrub(&long).chars().count() <= 201);
         assert_eq!(scrub("A JSON web token could not be decoded"), "A JSON web token could not be decoded");

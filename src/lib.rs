@@ -56,6 +56,37 @@ pub mod retry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+/// Entry points for the fuzz targets in `fuzz/` (feature `__fuzz`). Not part of the API.
+#[cfg(feature = "__fuzz")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use crate::installation::mint::{MintParams, read_answer};
+    use crate::{ApiBase, Error, GitHubApp};
+
+    /// Reads a token-endpoint answer exactly as minting does; returns the token's length.
+    pub fn mint_answer(status: u16, headers: &http::HeaderMap, body: &[u8]) -> Result<usize, Error> {
+        static APP: OnceLock<GitHubApp> = OnceLock::new();
+        let app = APP.get_or_init(|| GitHubApp::from_pem(1, crate::testing_key()).expect("the test key parses"));
+        let params = MintParams {
+            api_base: ApiBase::github_com(),
+            installation_id: 42,
+            body: None,
+            user_agent: http::HeaderValue::from_static("fuzz"),
+            timeout: Duration::from_secs(1),
+        };
+        let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        read_answer(status, headers, body, app, &params).map(|minted| minted.authorization.len())
+    }
+}
+
+#[cfg(feature = "__fuzz")]
+fn testing_key() -> &'static str {
+    include_str!("testing/test-app-key.pem")
+}
+
 pub use app::{AppId, AppJwt, AppJwtClaims, AppJwtUsed, GitHubApp, JwtSigner, PrivateKey};
 pub use auth::{InstallationAuth, InstallationAuthLayer};
 pub use error::{BoxError, Error, ErrorKind};

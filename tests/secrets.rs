@@ -90,6 +90,39 @@ async fn nothing_secret_reaches_logs_debug_display_or_errors() {
     texts.push(format!("{error} {error:?}"));
     secrets.push("ghs_inthebody".into());
 
+    // The retry stack and an App-JWT route, for the policy's and the App-JWT extension's Debug output.
+    let retrying = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(tower_github_app::RetryOn401Policy::default()))
+        .layer(InstallationAuthLayer::new(installation.clone()))
+        .service(github.client());
+    let app_route = retrying.clone().oneshot(get(&format!("{}/app", github.api_base()))).await.unwrap();
+    texts.push(format!("{:?} {:?}", app_route.extensions().get::<tower_github_app::AppJwtUsed>(), retrying));
+    github.revoke_all_tokens();
+    let refused = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(
+            tower_github_app::RetryOn401Policy::builder()
+                .budget(tower::retry::budget::TpsBudget::new(Duration::from_secs(10), 0, 0.0))
+                .build(),
+        ))
+        .layer(InstallationAuthLayer::new(installation.clone()))
+        .service(github.client())
+        .oneshot(get(&url))
+        .await
+        .unwrap();
+    texts.push(format!(
+        "{:?} {:?}",
+        refused.extensions().get::<tower_github_app::RetryGaveUp>(),
+        refused.extensions().get::<InstallationTokenUsed>()
+    ));
+    texts.push(format!(
+        "{:?} {:?} {} {:?} {:?}",
+        TokenScope::new().repositories(["octo-repo"]),
+        tower_github_app::ApiBase::github_com(),
+        tower_github_app::ApiBase::github_com(),
+        GitHubApp::builder(1),
+        Installation::builder(github.app(), 42),
+    ));
+
     let key = PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
     texts.push(format!("{key:?} {wrong:?} {jwt:?} {token:?} {used:?} {installation:?} {github:?}"));
     texts.push(format!("{:?} {:?}", InstallationAuthLayer::new(installation.clone()), service));

@@ -173,15 +173,25 @@ pub(crate) async fn mint_once(app: &GitHubApp, client: &MintClient, params: &Min
             ));
         }
     };
+    let (parts, body) = response.into_parts();
+    read_answer(parts.status, &parts.headers, &body, app, params)
+}
+
+/// What GitHub's answer to a token request means: a token, or the error that says why not.
+pub(crate) fn read_answer(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    app: &GitHubApp,
+    params: &MintParams,
+) -> Result<Minted, Error> {
     let received_at = Instant::now();
     let local_now = SystemTime::now();
-    let (parts, body) = response.into_parts();
-    let server_date =
-        parts.headers.get(DATE).and_then(|d| d.to_str().ok()).and_then(|d| httpdate::parse_http_date(d).ok());
-    if parts.status == StatusCode::CREATED || parts.status == StatusCode::OK {
-        read_token(&body, server_date, local_now, received_at, app, params)
+    let server_date = headers.get(DATE).and_then(|d| d.to_str().ok()).and_then(|d| httpdate::parse_http_date(d).ok());
+    if status == StatusCode::CREATED || status == StatusCode::OK {
+        read_token(body, server_date, local_now, received_at, app, params)
     } else {
-        Err(refusal(parts.status, &parts.headers, &body, server_date, local_now, app, params))
+        Err(refusal(status, headers, body, server_date, local_now, app, params))
     }
 }
 
