@@ -33,16 +33,19 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 /// A token endpoint in process: answers every mint with a fresh one-hour token. No sockets, no tasks.
-fn token_endpoint() -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
-    tower::service_fn(|_request: Request<Full<Bytes>>| {
+#[derive(Clone, Copy)]
+struct TokenEndpoint;
+
+impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Request<Full<Bytes>>) -> Self::Future {
         let now = SystemTime::now();
         let body = format!(
             r#"{{"token":"ghs_{:036}","expires_at":"{}"}}"#,
@@ -55,7 +58,11 @@ fn token_endpoint() -> impl tower::Service<
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         std::future::ready(Ok(response))
-    })
+    }
+}
+
+fn token_endpoint() -> TokenEndpoint {
+    TokenEndpoint
 }
 
 fn fastrand_like() -> u128 {

@@ -158,6 +158,12 @@ async fn malformed_answers() {
         ),
         (raw(201, "application/json", br#"{"token":"ghs_secretvalue"}"#), "no `expires_at`"),
         (raw(201, "application/json", br#"{"token":"ghs_secretvalue","expires_at":"soon"}"#), "RFC 3339"),
+        (
+            raw(201, "application/json", b"{\"token\":\"ghs_a\\u0001b\",\"expires_at\":\"2030-01-01T00:00:00Z\"}"),
+            "HTTP header",
+        ),
+        (raw(201, "application/json", b"[\"ghs_secretvalue\"]"), "not the JSON"),
+        (raw(201, "application/json", br#"{"token":"ghs_secretvalue","expires_at":1893456000}"#), "no `expires_at`"),
         (MintFault::ExpiredToken, "already expired"),
         (raw(201, "application/json", &vec![b' '; 9 * 1024 * 1024]), "larger than"),
     ];

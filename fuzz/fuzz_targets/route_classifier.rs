@@ -6,7 +6,10 @@ use libfuzzer_sys::fuzz_target;
 use tower_github_app::auth::is_app_jwt_route;
 
 fn reference(path: &str) -> bool {
-    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let Some(relative) = path.strip_prefix('/') else {
+        return false;
+    };
+    let segments: Vec<&str> = relative.split('/').collect();
     let id = |s: &&str| !s.is_empty();
     match segments.as_slice() {
         ["app"] | ["app", "hook", "config"] | ["app", "hook", "deliveries"] | ["app", "installations"]

@@ -20,10 +20,14 @@ pub fn is_app_jwt_route(path: &str) -> bool {
     if !maybe {
         return false;
     }
+    // A route is absolute: `app` (or what is left of `/api/v3app` after the prefix) is none.
+    let Some(relative) = path.strip_prefix('/') else {
+        return false;
+    };
     const MAX: usize = 6;
     let mut segments = [""; MAX];
     let mut count = 0;
-    for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
+    for segment in relative.split('/') {
         if count == MAX {
             return false;
         }
@@ -111,6 +115,10 @@ mod tests {
             "/marketplace_listing/plans/3",
             "/app/installations/42/access_tokens/extra/more",
             "/a/b/c/d/e/f/g/h",
+            "app",
+            "app/installations",
+            "marketplace_listing/plans",
+            "repos/o/r/installation",
         ] {
             assert!(!is_app_jwt_route(path), "{path}");
         }

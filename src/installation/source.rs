@@ -175,6 +175,9 @@ impl Shared {
 
     /// Withdraws the current token if its time for requests is over.
     fn withdraw_if_spent(&self, now: Instant) {
+        if self.current.load().as_ref().is_none_or(|token| now < token.usable_until) {
+            return;
+        }
         let mut spent = false;
         let before = self.current.rcu(|current| {
             spent = current.as_ref().is_some_and(|token| now >= token.usable_until);
