@@ -23,7 +23,8 @@ pub(crate) struct TokenEntry {
     pub(crate) received_at: Instant,
     /// When the token expires, on the local monotonic clock.
     pub(crate) expires: Instant,
-    /// The hot path's only check: before this instant the token is handed to requests.
+    /// Its end of use for requests: the refresher withdraws it then if no replacement arrived (the hot path
+    /// itself reads no clock).
     pub(crate) usable_until: Instant,
     /// When the refresher replaces it.
     pub(crate) refresh_at: Instant,
