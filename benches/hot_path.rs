@@ -1,4 +1,5 @@
-//! Benchmarks 1, 3 and 6a: the cost of stamping a request, with one and two threads, and of signing a JWT.
+//! Benchmarks 1, 3 and 6a: the cost of stamping a request (two request shapes), with one and two threads, and of
+//! signing a JWT.
 //! See BENCHMARKS.md for the figures and how to reproduce them.
 
 #[path = "support/mod.rs"]
@@ -14,11 +15,15 @@ fn header_injection(c: &mut Criterion) {
     let (_runtime, _github, installation, uri) = support::installation_with_token();
     let token = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
     let mut group = c.benchmark_group("inject");
-    for name in support::VARIANTS {
-        with_variant!(name, &installation, token, |service| {
-            let mut service = service;
-            group.bench_function(name, |b| b.iter(|| black_box(support::call(&mut service, &uri))));
-        });
+    for shape in support::Shape::ALL {
+        for name in support::VARIANTS {
+            with_variant!(name, &installation, token, |service| {
+                let mut service = service;
+                group.bench_function(format!("{}/{name}", shape.name()), |b| {
+                    b.iter(|| black_box(support::call(&mut service, &uri, shape)))
+                });
+            });
+        }
     }
     group.finish();
 }
@@ -28,7 +33,8 @@ fn contention(c: &mut Criterion) {
     let mut group = c.benchmark_group("threads");
     let token = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
     // `bare` is the control: what a second thread costs the machine itself (two vCPUs may share a core).
-    for name in ["bare", "set_request_header", "installation_auth"] {
+    let shape = support::Shape::Realistic;
+    for name in ["bare", "set_request_header", "installation_auth", "retry_auth"] {
         for threads in [1usize, 2] {
             with_variant!(name, &installation, token, |service| {
                 group.bench_function(format!("{name}/{threads}"), |b| {
@@ -46,7 +52,7 @@ fn contention(c: &mut Criterion) {
                                         start.wait();
                                         let began = Instant::now();
                                         for _ in 0..iters {
-                                            black_box(support::call(&mut service, &uri));
+                                            black_box(support::call(&mut service, &uri, shape));
                                         }
                                         began.elapsed()
                                     })

@@ -78,7 +78,7 @@ pub mod fuzzing {
             timeout: Duration::from_secs(1),
         };
         let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-        read_answer(status, headers, body, app, &params).map(|minted| minted.authorization.len())
+        read_answer(status, headers, body, app, &params, 0).map(|minted| minted.authorization.len())
     }
 }
 

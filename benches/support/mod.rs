@@ -1,23 +1,29 @@
-//! The four ways of stamping a header that the benchmarks compare, shared by the criterion benches and the
+//! The ways of stamping a header that the benchmarks compare, shared by the criterion benches and the
 //! deterministic `inject` example.
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
-use http::header::AUTHORIZATION;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, USER_AGENT};
 use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::Full;
+use tower::retry::{Retry, RetryLayer};
 use tower::{Layer, Service};
 use tower_github_app::testing::FakeGitHub;
-use tower_github_app::{Installation, InstallationAuthLayer};
+use tower_github_app::{Installation, InstallationAuthLayer, RetryOn401Policy};
 
-/// The cheapest possible inner service: answers at once.
+/// The request body every variant takes: what hyper-util clients are usually built with.
+pub type Body = Full<Bytes>;
+
+/// The cheapest possible inner service: answers `200` at once.
 #[derive(Clone, Debug)]
 pub struct Bare;
 
-impl Service<Request<()>> for Bare {
+impl Service<Request<Body>> for Bare {
     type Response = Response<()>;
     type Error = Infallible;
     type Future = Ready<Result<Response<()>, Infallible>>;
@@ -26,7 +32,7 @@ impl Service<Request<()>> for Bare {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<()>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         std::hint::black_box(&request);
         ready(Ok(Response::new(())))
     }
@@ -45,7 +51,7 @@ impl<S> HandRolled<S> {
     }
 }
 
-impl<S: Service<Request<()>>> Service<Request<()>> for HandRolled<S> {
+impl<S: Service<Request<Body>>> Service<Request<Body>> for HandRolled<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
@@ -54,7 +60,7 @@ impl<S: Service<Request<()>>> Service<Request<()>> for HandRolled<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<()>) -> S::Future {
+    fn call(&mut self, mut request: Request<Body>) -> S::Future {
         let token = self.token.read().unwrap();
         let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
         drop(token);
@@ -63,18 +69,53 @@ impl<S: Service<Request<()>>> Service<Request<()>> for HandRolled<S> {
     }
 }
 
+/// The shape of the request each iteration sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// A URI and nothing else: no header map is allocated until the layer inserts `Authorization`.
+    Plain,
+    /// What GitHub requires and users send: `accept: application/vnd.github+json` and a `user-agent`, so the
+    /// header map exists before the layer runs.
+    Realistic,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 2] = [Shape::Plain, Shape::Realistic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Plain => "plain",
+            Shape::Realistic => "realistic",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Shape> {
+        Shape::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Builds one request, the way an application does.
+    pub fn request(self, uri: &Uri) -> Request<Body> {
+        let mut request = Request::new(Body::default());
+        *request.uri_mut() = uri.clone();
+        if self == Shape::Realistic {
+            let headers = request.headers_mut();
+            headers.insert(ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
+            headers.insert(USER_AGENT, HeaderValue::from_static("my-github-app/1.0"));
+        }
+        request
+    }
+}
+
 /// One request through `service`, polled once (every variant completes at once).
-pub fn call<S>(service: &mut S, uri: &Uri) -> S::Response
+pub fn call<S>(service: &mut S, uri: &Uri, shape: Shape) -> S::Response
 where
-    S: Service<Request<()>>,
+    S: Service<Request<Body>>,
     S::Error: std::fmt::Debug,
 {
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
     assert!(service.poll_ready(&mut cx).is_ready());
-    let mut request = Request::new(());
-    *request.uri_mut() = uri.clone();
-    let future = service.call(request);
+    let future = service.call(shape.request(uri));
     let mut future = std::pin::pin!(future);
     match future.as_mut().poll(&mut cx) {
         Poll::Ready(result) => result.unwrap(),
@@ -82,27 +123,36 @@ where
     }
 }
 
-use std::future::Future;
-
-/// A fake GitHub, an installation with a valid one-hour token, and the URI of an API route on it. The runtime
-/// must stay alive while the installation is used.
+/// A fake GitHub, an installation with a valid one-hour token (already proven by a request, as in steady
+/// state), and the URI of an API route on it. The runtime must stay alive while the installation is used.
 pub fn installation_with_token() -> (tokio::runtime::Runtime, FakeGitHub, Installation, Uri) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let uri_text = std::sync::OnceLock::new();
     let (github, installation) = runtime.block_on(async {
         let github = FakeGitHub::start().await;
         let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
             .api_base(&github.api_base())
             .build(github.client())
             .unwrap();
-        installation.token().await.unwrap();
+        let url = format!("{}/repos/octo-org/octo-repo", github.api_base());
+        // One real request proves the token, as in steady state.
+        let mut service = InstallationAuthLayer::new(installation.clone()).layer(github.client());
+        let response = tower::ServiceExt::ready(&mut service)
+            .await
+            .unwrap()
+            .call(Request::get(&url).body(Body::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        uri_text.set(url).unwrap();
         (github, installation)
     });
-    let uri: Uri = format!("{}/repos/octo-org/octo-repo", github.api_base()).parse().unwrap();
+    let uri: Uri = uri_text.get().unwrap().parse().unwrap();
     (runtime, github, installation, uri)
 }
 
 /// The variants of benchmark 1, by name.
-pub const VARIANTS: [&str; 4] = ["bare", "set_request_header", "installation_auth", "hand_rolled"];
+pub const VARIANTS: [&str; 5] = ["bare", "set_request_header", "installation_auth", "retry_auth", "hand_rolled"];
 
 /// `SetRequestHeader` with a constant value: the floor for stamping a header.
 pub fn set_request_header(token: &str) -> tower_http::set_header::SetRequestHeader<Bare, HeaderValue> {
@@ -114,6 +164,11 @@ pub fn set_request_header(token: &str) -> tower_http::set_header::SetRequestHead
 /// `InstallationAuth` over the bare service.
 pub fn installation_auth(installation: &Installation) -> tower_github_app::InstallationAuth<Bare> {
     InstallationAuthLayer::new(installation.clone()).layer(Bare)
+}
+
+/// The crate's part of the recommended stack: `Retry<RetryOn401Policy>` over `InstallationAuth`.
+pub fn retry_auth(installation: &Installation) -> Retry<RetryOn401Policy, tower_github_app::InstallationAuth<Bare>> {
+    RetryLayer::new(RetryOn401Policy::default()).layer(installation_auth(installation))
 }
 
 /// Runs `f` with the named variant as a concrete service type.
@@ -131,6 +186,10 @@ macro_rules! with_variant {
             }
             "installation_auth" => {
                 let $service = support::installation_auth($installation);
+                $body
+            }
+            "retry_auth" => {
+                let $service = support::retry_auth($installation);
                 $body
             }
             "hand_rolled" => {

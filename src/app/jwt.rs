@@ -3,12 +3,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{AppId, GitHubApp};
@@ -18,7 +20,10 @@ use crate::error::{BoxError, Error, ErrorKind};
 ///
 /// The signer receives the JWT's signing input (`base64url(header) "." base64url(claims)`) and returns the raw
 /// RS256 signature (RSASSA-PKCS1-v1_5 with SHA-256). It is called about once every nine minutes per App, never on
-/// the request path, so a network round trip to a KMS is fine.
+/// the request path, so a network round trip to a KMS is fine. A call is bounded by the App's sign timeout
+/// ([`GitHubAppBuilder::sign_timeout`](super::GitHubAppBuilder::sign_timeout), 10 s by default): a signer that
+/// never answers fails that signature with [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), and the next
+/// request that needs a JWT calls it again.
 pub trait JwtSigner: Send + Sync + 'static {
     /// Signs `message` with RS256 and returns the raw signature bytes.
     fn sign<'a>(&'a self, message: &'a [u8]) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, BoxError>> + Send + 'a>>;
@@ -51,6 +56,11 @@ impl AppJwt {
     /// `Bearer <jwt>`, marked sensitive, for the `Authorization` header.
     pub fn authorization(&self) -> HeaderValue {
         self.authorization.clone()
+    }
+
+    /// The App's clock offset (GitHub's clock minus the local one, in seconds) its times were corrected by.
+    pub fn clock_offset(&self) -> i64 {
+        self.offset
     }
 
     /// The JWT itself. Keep it out of logs.
@@ -160,10 +170,20 @@ pub(super) async fn sign(
 const REUSE_MARGIN: Duration = Duration::from_secs(30);
 
 /// The last JWT, reused while it has more than [`REUSE_MARGIN`] left on both the monotonic and the wall clock
-/// (the wall clock catches a suspended laptop) and the clock offset is unchanged.
+/// (the wall clock catches a suspended laptop) and the clock offset is unchanged; and the signature in progress,
+/// which every caller that needs a new JWT meanwhile waits for. No lock is held across the signer call, and
+/// both the signer and the waiters are bounded by the App's sign timeout.
 #[derive(Default)]
 pub(super) struct JwtCache {
-    slot: tokio::sync::Mutex<Option<CachedJwt>>,
+    state: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    cached: Option<CachedJwt>,
+    /// The signature in progress: its outcome arrives on this channel.
+    signing: Option<(u64, watch::Receiver<Option<Result<AppJwt, Error>>>)>,
+    next_signer: u64,
 }
 
 struct CachedJwt {
@@ -174,20 +194,92 @@ struct CachedJwt {
 }
 
 impl JwtCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(super) async fn get_or_sign(&self, app: &GitHubApp) -> Result<AppJwt, Error> {
-        // One signer at a time: concurrent mints for many installations share one signature.
-        let mut slot = self.slot.lock().await;
-        let reuse_for = app.jwt_lifetime().saturating_sub(REUSE_MARGIN);
-        if let Some(cached) = slot.as_ref() {
-            let wall_age = SystemTime::now().duration_since(cached.signed_at_wall).unwrap_or(Duration::MAX);
-            if cached.offset == app.clock_offset() && cached.signed_at.elapsed() < reuse_for && wall_age < reuse_for {
-                return Ok(cached.jwt.clone());
+        let signer = loop {
+            let mut outcome = {
+                let mut state = self.lock();
+                let reuse_for = app.jwt_lifetime().saturating_sub(REUSE_MARGIN);
+                if let Some(cached) = state.cached.as_ref() {
+                    let wall_age = SystemTime::now().duration_since(cached.signed_at_wall).unwrap_or(Duration::MAX);
+                    if cached.offset == app.clock_offset()
+                        && cached.signed_at.elapsed() < reuse_for
+                        && wall_age < reuse_for
+                    {
+                        return Ok(cached.jwt.clone());
+                    }
+                }
+                if let Some((_, outcome)) = &state.signing {
+                    // Somebody signs already: one signature serves every installation's mint.
+                    outcome.clone()
+                } else {
+                    let id = state.next_signer;
+                    state.next_signer += 1;
+                    let (sender, receiver) = watch::channel(None);
+                    state.signing = Some((id, receiver));
+                    break Signer { cache: self, id, sender };
+                }
+            };
+            let timeout = app.sign_timeout();
+            match tokio::time::timeout(timeout, outcome.wait_for(Option::is_some)).await {
+                Ok(Ok(result)) => return result.clone().unwrap_or_else(|| Err(signer_gone())),
+                // The signer's future was dropped (its request cancelled): sign ourselves.
+                Ok(Err(_)) => continue,
+                Err(_) => return Err(sign_timeout(timeout)),
             }
-        }
+        };
+        signer.sign(app).await
+    }
+}
+
+/// The caller that signs; clears the in-progress mark however it ends (finished, failed, timed out, dropped).
+struct Signer<'a> {
+    cache: &'a JwtCache,
+    id: u64,
+    sender: watch::Sender<Option<Result<AppJwt, Error>>>,
+}
+
+impl Signer<'_> {
+    async fn sign(self, app: &GitHubApp) -> Result<AppJwt, Error> {
         let now = SystemTime::now();
         let offset = app.clock_offset();
-        let jwt = app.sign_claims_with_offset(app.claims_at(now), offset).await?;
-        *slot = Some(CachedJwt { jwt: jwt.clone(), offset, signed_at: Instant::now(), signed_at_wall: now });
-        Ok(jwt)
+        let timeout = app.sign_timeout();
+        let result = match tokio::time::timeout(timeout, app.sign_claims_with_offset(app.claims_at(now), offset)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(sign_timeout(timeout)),
+        };
+        if let Ok(jwt) = &result {
+            self.cache.lock().cached =
+                Some(CachedJwt { jwt: jwt.clone(), offset, signed_at: Instant::now(), signed_at_wall: now });
+        }
+        self.sender.send_replace(Some(result.clone()));
+        result
     }
+}
+
+impl Drop for Signer<'_> {
+    fn drop(&mut self) {
+        let mut state = self.cache.lock();
+        if state.signing.as_ref().is_some_and(|(id, _)| *id == self.id) {
+            state.signing = None;
+        }
+    }
+}
+
+fn sign_timeout(timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "the JWT signer did not answer within {timeout:?}: check that the signer (KMS/HSM) is reachable, or \
+             raise the App's sign_timeout. The next request that needs a JWT tries again"
+        ),
+    )
+}
+
+fn signer_gone() -> Error {
+    Error::new(ErrorKind::Signing, "the JWT signature in progress was abandoned; retry the request")
 }

@@ -118,6 +118,7 @@ struct AppInner {
     id: AppId,
     signer: Arc<dyn JwtSigner>,
     jwt_lifetime: Duration,
+    sign_timeout: Duration,
     clock_offset: AtomicI64,
     signatures: AtomicU64,
     cache: JwtCache,
@@ -130,6 +131,8 @@ impl GitHubApp {
     pub const DEFAULT_JWT_LIFETIME: Duration = Duration::from_secs(570);
     /// How far `iat` is set in the past, as GitHub recommends, to absorb clock drift.
     pub const IAT_BACKDATE: Duration = Duration::from_secs(60);
+    /// How long one signature may take by default before it fails with [`ErrorKind::Timeout`].
+    pub const DEFAULT_SIGN_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// An App signing its JWTs with `key`.
     ///
@@ -137,7 +140,7 @@ impl GitHubApp {
     /// Never on input: an invalid id is reported when the first JWT is signed. Use [`GitHubApp::builder`] to
     /// validate up front.
     pub fn new(id: impl Into<AppId>, key: PrivateKey) -> Self {
-        Self::from_parts(id.into(), Arc::new(key), Self::DEFAULT_JWT_LIFETIME)
+        Self::from_parts(id.into(), Arc::new(key), Self::DEFAULT_JWT_LIFETIME, Self::DEFAULT_SIGN_TIMEOUT)
     }
 
     /// Parses `pem` and validates `id`; the usual way to build an App from configuration.
@@ -147,15 +150,21 @@ impl GitHubApp {
 
     /// A builder for the less common settings: a custom [`JwtSigner`], the JWT lifetime.
     pub fn builder(id: impl Into<AppId>) -> GitHubAppBuilder {
-        GitHubAppBuilder { id: id.into(), signer: None, jwt_lifetime: Self::DEFAULT_JWT_LIFETIME }
+        GitHubAppBuilder {
+            id: id.into(),
+            signer: None,
+            jwt_lifetime: Self::DEFAULT_JWT_LIFETIME,
+            sign_timeout: Self::DEFAULT_SIGN_TIMEOUT,
+        }
     }
 
-    fn from_parts(id: AppId, signer: Arc<dyn JwtSigner>, jwt_lifetime: Duration) -> Self {
+    fn from_parts(id: AppId, signer: Arc<dyn JwtSigner>, jwt_lifetime: Duration, sign_timeout: Duration) -> Self {
         GitHubApp {
             inner: Arc::new(AppInner {
                 id,
                 signer,
                 jwt_lifetime,
+                sign_timeout,
                 clock_offset: AtomicI64::new(0),
                 signatures: AtomicU64::new(0),
                 cache: JwtCache::default(),
@@ -230,6 +239,11 @@ impl GitHubApp {
     pub(crate) fn jwt_lifetime(&self) -> Duration {
         self.inner.jwt_lifetime
     }
+
+    /// How long one signature may take (see [`GitHubAppBuilder::sign_timeout`]).
+    pub fn sign_timeout(&self) -> Duration {
+        self.inner.sign_timeout
+    }
 }
 
 impl fmt::Debug for GitHubApp {
@@ -237,6 +251,7 @@ impl fmt::Debug for GitHubApp {
         f.debug_struct("GitHubApp")
             .field("id", &self.inner.id)
             .field("jwt_lifetime", &self.inner.jwt_lifetime)
+            .field("sign_timeout", &self.inner.sign_timeout)
             .field("clock_offset_secs", &self.clock_offset())
             .finish_non_exhaustive()
     }
@@ -248,6 +263,7 @@ pub struct GitHubAppBuilder {
     id: AppId,
     signer: Option<Arc<dyn JwtSigner>>,
     jwt_lifetime: Duration,
+    sign_timeout: Duration,
 }
 
 impl fmt::Debug for GitHubAppBuilder {
@@ -256,6 +272,7 @@ impl fmt::Debug for GitHubAppBuilder {
             .field("id", &self.id)
             .field("has_signer", &self.signer.is_some())
             .field("jwt_lifetime", &self.jwt_lifetime)
+            .field("sign_timeout", &self.sign_timeout)
             .finish()
     }
 }
@@ -279,6 +296,14 @@ impl GitHubAppBuilder {
         self
     }
 
+    /// How long one signature may take before it fails with [`ErrorKind::Timeout`] (default 10 s). Bounds a
+    /// [`JwtSigner`] that calls a KMS which never answers; mints that wait for the signature are bounded by it
+    /// and by their own `mint_timeout`.
+    pub fn sign_timeout(mut self, timeout: Duration) -> Self {
+        self.sign_timeout = timeout;
+        self
+    }
+
     /// Checks the id, the signer and the lifetime.
     pub fn build(self) -> Result<GitHubApp, Error> {
         self.id.validate()?;
@@ -295,7 +320,10 @@ impl GitHubAppBuilder {
                 ),
             ));
         }
-        Ok(GitHubApp::from_parts(self.id, signer, self.jwt_lifetime))
+        if self.sign_timeout.is_zero() {
+            return Err(Error::new(ErrorKind::InvalidConfig, "sign_timeout must be longer than zero"));
+        }
+        Ok(GitHubApp::from_parts(self.id, signer, self.jwt_lifetime, self.sign_timeout))
     }
 }
 

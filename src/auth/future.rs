@@ -22,14 +22,6 @@ pub(super) enum Stamp {
 
 type Acquire = Pin<Box<dyn Future<Output = Result<Stamp, Error>> + Send>>;
 
-/// Which credential the response's extensions will name.
-enum Used {
-    Nothing,
-    /// An installation token, by serial; its entry if the request kept it.
-    Token(u64, Option<Arc<TokenEntry>>),
-    AppJwt(Box<AppJwtUsed>),
-}
-
 /// The slow path's state, boxed so that the hot path's future stays small.
 struct Waiting<S, B> {
     acquire: Acquire,
@@ -55,11 +47,23 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
-        Calling {
+        // The hot path: the request carries an installation token, known by serial; its entry is held only
+        // while GitHub has not proved the token yet or when every response must name it.
+        Stamped {
             #[pin]
             future: S::Future,
-            used: Used,
+            serial: u64,
+            entry: Option<Arc<TokenEntry>>,
             every_response: bool,
+        },
+        AppJwt {
+            #[pin]
+            future: S::Future,
+            used: Option<Box<AppJwtUsed>>,
+        },
+        Passthrough {
+            #[pin]
+            future: S::Future,
         },
         Waiting {
             waiting: Option<Box<Waiting<S, B>>>,
@@ -74,18 +78,18 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(super) fn authorized(
+    #[inline]
+    pub(super) fn stamped(
         future: S::Future,
         serial: u64,
         entry: Option<Arc<TokenEntry>>,
         every_response: bool,
     ) -> Self {
-        let used = Used::Token(serial, entry);
-        Self { state: State::Calling { future, used, every_response } }
+        Self { state: State::Stamped { future, serial, entry, every_response } }
     }
 
     pub(super) fn passthrough(future: S::Future) -> Self {
-        Self { state: State::Calling { future, used: Used::Nothing, every_response: false } }
+        Self { state: State::Passthrough { future } }
     }
 
     pub(super) fn waiting(acquire: Acquire, inner: S, request: Request<B>, every_response: bool) -> Self {
@@ -105,32 +109,30 @@ where
 {
     type Output = Result<Response<ResB>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Calling { future, used, every_response } => {
+                StateProj::Stamped { future, serial, entry, every_response } => {
                     let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    match std::mem::replace(used, Used::Nothing) {
-                        Used::Nothing => {}
-                        Used::Token(serial, entry) => {
-                            let status = response.status();
-                            if let Some(entry) = &entry
-                                && (status.is_success() || status.is_redirection())
-                            {
-                                entry.mark_replicated();
-                            }
-                            // Extensions allocate: attach only where a retry policy reads them, unless asked.
-                            let refused = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
-                            if (*every_response || refused)
-                                && let Some(entry) = entry.or_else(|| TokenEntry::find(serial))
-                            {
-                                response.extensions_mut().insert(InstallationTokenUsed { entry });
-                            }
-                        }
-                        Used::AppJwt(used) => {
-                            response.extensions_mut().insert(*used);
-                        }
+                    let status = response.status();
+                    if entry.is_some()
+                        || *every_response
+                        || status == StatusCode::UNAUTHORIZED
+                        || status == StatusCode::FORBIDDEN
+                    {
+                        name_the_token(&mut response, *serial, entry.take(), *every_response);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Passthrough { future } => {
+                    return Poll::Ready(ready!(future.poll(cx)).map_err(Into::into));
+                }
+                StateProj::AppJwt { future, used } => {
+                    let mut response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if let Some(used) = used.take() {
+                        response.extensions_mut().insert(*used);
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -142,15 +144,19 @@ where
                     };
                     let Waiting { mut inner, mut request, every_response, .. } =
                         *waiting.take().expect("present: checked above");
-                    let (authorization, used) = match stamp {
+                    match stamp {
                         Stamp::Installation(entry) => {
-                            (entry.authorization.clone(), Used::Token(entry.serial, Some(entry)))
+                            request.headers_mut().insert(AUTHORIZATION, entry.authorization.clone());
+                            let future = inner.call(request);
+                            let serial = entry.serial;
+                            state.set(State::Stamped { future, serial, entry: Some(entry), every_response });
                         }
-                        Stamp::AppJwt(authorization, used) => (authorization, Used::AppJwt(Box::new(used))),
-                    };
-                    request.headers_mut().insert(AUTHORIZATION, authorization);
-                    let future = inner.call(request);
-                    state.set(State::Calling { future, used, every_response });
+                        Stamp::AppJwt(authorization, used) => {
+                            request.headers_mut().insert(AUTHORIZATION, authorization);
+                            let future = inner.call(request);
+                            state.set(State::AppJwt { future, used: Some(Box::new(used)) });
+                        }
+                    }
                 }
                 StateProj::Failed { error } => {
                     let error = error.take().expect("InstallationAuth's ResponseFuture polled after completion");
@@ -158,6 +164,26 @@ where
                 }
             }
         }
+    }
+}
+
+/// What the rare responses need: a token GitHub accepted is marked proven (waking requests that wait out its
+/// replication lag), and refusals (or every response, when asked) name the token for the retry policy.
+#[cold]
+#[inline(never)]
+fn name_the_token<ResB>(response: &mut Response<ResB>, serial: u64, entry: Option<Arc<TokenEntry>>, every: bool) {
+    let status = response.status();
+    if let Some(entry) = &entry
+        && (status.is_success() || status.is_redirection())
+    {
+        entry.replication.mark_proven();
+    }
+    // Extensions allocate: attach only where a retry policy reads them, unless asked.
+    let refused = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+    if (every || refused)
+        && let Some(entry) = entry.or_else(|| TokenEntry::find(serial))
+    {
+        response.extensions_mut().insert(InstallationTokenUsed { entry });
     }
 }
 

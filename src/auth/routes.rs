@@ -1,29 +1,94 @@
 //! Which GitHub routes are authenticated with the App JWT instead of an installation token.
 
+use std::borrow::Cow;
+
 /// Whether `path` (the part after the API base, e.g. `/app/installations`) is one of the routes GitHub
 /// authenticates with the App JWT (`/app/...`, `/marketplace_listing/...`, `/{orgs,users,enterprises}/X/installation`,
-/// `/repos/O/R/installation`). No allocation; any input is safe.
+/// `/repos/O/R/installation`). Any input is safe.
+///
+/// The path is read the way a server resolves it: route names match in any case (`/APP`), one trailing slash is
+/// ignored (`/app/`), percent-encoded unreserved characters are decoded (`%2e` is `.`), and dot segments are
+/// resolved (`/orgs/../installation` is `/installation`, an installation route). Only such unusual paths cost an
+/// allocation; the common ones are decided from a few bytes.
 ///
 /// ```
 /// use tower_github_app::auth::is_app_jwt_route;
 /// assert!(is_app_jwt_route("/app/installations/42/access_tokens"));
 /// assert!(is_app_jwt_route("/repos/octo-org/octo-repo/installation"));
+/// assert!(is_app_jwt_route("/APP/"));
 /// assert!(!is_app_jwt_route("/repos/octo-org/octo-repo"));
 /// assert!(!is_app_jwt_route("/installation/repositories"));
+/// assert!(!is_app_jwt_route("/orgs/../installation"));
+/// assert!(is_app_jwt_route("/repos/o/r/%2e%2e/%2E%2E/../app"));
 /// ```
+#[inline]
 pub fn is_app_jwt_route(path: &str) -> bool {
-    // Most requests are installation routes: decide those from two bytes, without splitting the path. Every
-    // App-JWT route starts with `/a` or `/m`, or ends with `installation`.
     let bytes = path.as_bytes();
-    let maybe =
-        matches!(bytes.get(1), Some(b'a' | b'm')) || (bytes.last() == Some(&b'n') && path.ends_with("/installation"));
-    if !maybe {
+    // Most requests are installation routes: decide those from a few bytes. Every App-JWT route starts with `/a`
+    // or `/m` or ends with `installation`, in any case and with an optional trailing slash, unless dot segments
+    // or percent-encodings change what the path means.
+    let maybe = matches!(bytes.get(1), Some(b'a' | b'A' | b'm' | b'M')) || matches!(bytes.last(), Some(b'n' | b'N' | b'/'));
+    let unusual = memchr::memchr2(b'.', b'%', bytes).is_some();
+    if !maybe && !unusual {
         return false;
     }
+    let normalized = if unusual { normalize(path) } else { Cow::Borrowed(path) };
+    classify(&normalized)
+}
+
+/// Decodes percent-encoded unreserved characters and resolves dot segments (RFC 3986, sections 6.2.2.2 and
+/// 5.2.4). Other percent-encodings (`%2F`) stay as they are: they are data, not structure.
+fn normalize(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(value) = bytes.get(i + 1..i + 3).and_then(|hex| std::str::from_utf8(hex).ok())
+            && let Ok(value) = u8::from_str_radix(value, 16)
+            && (value.is_ascii_alphanumeric() || b"-._~".contains(&value))
+        {
+            decoded.push(value);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    // Only ASCII was decoded, so this stays valid UTF-8.
+    let decoded = String::from_utf8(decoded).unwrap_or_default();
+    let Some(relative) = decoded.strip_prefix('/') else {
+        return Cow::Owned(decoded);
+    };
+    let segments: Vec<&str> = relative.split('/').collect();
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => {
+                out.push(other);
+                continue;
+            }
+        }
+        // A trailing `.` or `..` leaves a trailing slash.
+        if last {
+            out.push("");
+        }
+    }
+    Cow::Owned(format!("/{}", out.join("/")))
+}
+
+fn classify(path: &str) -> bool {
     // A route is absolute: `app` (or what is left of `/api/v3app` after the prefix) is none.
     let Some(relative) = path.strip_prefix('/') else {
         return false;
     };
+    // One trailing slash names the same resource.
+    let relative = relative.strip_suffix('/').filter(|r| !r.is_empty()).unwrap_or(relative);
     const MAX: usize = 6;
     let mut segments = [""; MAX];
     let mut count = 0;
@@ -35,29 +100,48 @@ pub fn is_app_jwt_route(path: &str) -> bool {
         count += 1;
     }
     let id = |s: &str| !s.is_empty();
+    let is = |s: &str, name: &str| s.eq_ignore_ascii_case(name);
     match &segments[..count] {
-        ["app"]
-        | ["app", "hook", "config"]
-        | ["app", "hook", "deliveries"]
-        | ["app", "installations"]
-        | ["app", "installation-requests"] => true,
-        ["app", "hook", "deliveries", d] | ["app", "installations", d] => id(d),
-        ["app", "hook", "deliveries", d, "attempts"] => id(d),
-        ["app", "installations", i, "access_tokens" | "suspended"] => id(i),
-        ["marketplace_listing", rest @ ..] => {
+        [app] if is(app, "app") => true,
+        [app, rest @ ..] if is(app, "app") => match rest {
+            [installations] => is(installations, "installations") || is(installations, "installation-requests"),
+            // `/app/hook/config`, `/app/hook/deliveries`, `/app/installations/{id}`.
+            [first, second] => {
+                (is(first, "hook") && (is(second, "config") || is(second, "deliveries")))
+                    || (is(first, "installations") && id(second))
+            }
+            // `/app/hook/deliveries/{id}`, `/app/installations/{id}/access_tokens|suspended`.
+            [first, second, third] => {
+                (is(first, "hook") && is(second, "deliveries") && id(third))
+                    || (is(first, "installations")
+                        && id(second)
+                        && (is(third, "access_tokens") || is(third, "suspended")))
+            }
+            [hook, deliveries, d, attempts] => {
+                is(hook, "hook") && is(deliveries, "deliveries") && id(d) && is(attempts, "attempts")
+            }
+            _ => false,
+        },
+        [marketplace, rest @ ..] if is(marketplace, "marketplace_listing") => {
             let rest = match rest {
-                ["stubbed", rest @ ..] => rest,
+                [stubbed, rest @ ..] if is(stubbed, "stubbed") => rest,
                 rest => rest,
             };
             match rest {
-                ["plan"] | ["plans"] => true,
-                ["accounts", a] => id(a),
-                ["plans", p, "accounts"] => id(p),
+                [plan] => is(plan, "plan") || is(plan, "plans"),
+                [accounts, a] => is(accounts, "accounts") && id(a),
+                [plans, p, accounts] => is(plans, "plans") && id(p) && is(accounts, "accounts"),
                 _ => false,
             }
         }
-        ["orgs" | "users" | "enterprises", owner, "installation"] => id(owner),
-        ["repos", owner, repo, "installation"] => id(owner) && id(repo),
+        [kind, owner, installation] => {
+            (is(kind, "orgs") || is(kind, "users") || is(kind, "enterprises"))
+                && id(owner)
+                && is(installation, "installation")
+        }
+        [repos, owner, repo, installation] => {
+            is(repos, "repos") && id(owner) && id(repo) && is(installation, "installation")
+        }
         _ => false,
     }
 }
@@ -101,6 +185,7 @@ mod tests {
         for path in [
             "",
             "/",
+            "//",
             "/installation/repositories",
             "/installation/token",
             "/repos/o/r",
@@ -119,8 +204,49 @@ mod tests {
             "app/installations",
             "marketplace_listing/plans",
             "repos/o/r/installation",
+            "/app//",
+            "/repos/o/r/installation//",
         ] {
             assert!(!is_app_jwt_route(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn case_and_a_trailing_slash_do_not_change_the_route() {
+        for path in [
+            "/APP",
+            "/App/",
+            "/app/",
+            "/App/Installations/42/Access_Tokens",
+            "/MARKETPLACE_LISTING/Stubbed/PLANS",
+            "/Repos/Octo-Org/Octo-Repo/Installation",
+            "/repos/o/r/installation/",
+            "/ORGS/o/INSTALLATION/",
+        ] {
+            assert!(is_app_jwt_route(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_dots_are_resolved_first() {
+        for (path, jwt) in [
+            ("/orgs/../installation", false),
+            ("/orgs/%2e%2e/installation", false),
+            ("/orgs/%2E%2E/installation", false),
+            ("/repos/o/r/../../../app", true),
+            ("/repos/o/r/%2e%2e/%2e%2e/%2e%2e/app", true),
+            ("/app/./installations", true),
+            ("/app/installations/..", true),
+            ("/app/installations/.", true),
+            ("/app/../installation/repositories", false),
+            ("/../../app", true),
+            ("/orgs/o%2Fx/installation", true),
+            ("/%61pp", true),
+            ("/repos/o/r.js/installation", true),
+            ("/repos/o/.../installation", true),
+            ("/repos/o/../installation", false),
+        ] {
+            assert_eq!(is_app_jwt_route(path), jwt, "{path}");
         }
     }
 }

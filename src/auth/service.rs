@@ -1,7 +1,6 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwapOption;
 use arc_swap::cache::Cache;
@@ -16,8 +15,9 @@ use super::future::Stamp;
 use super::{InstallationAuthLayer, ResponseFuture, is_app_jwt_route};
 use crate::app::AppJwtUsed;
 use crate::error::{BoxError, Error, ErrorKind};
-use crate::installation::Installation;
+use crate::installation::api_base::Target;
 use crate::installation::source::Handle;
+use crate::installation::{ApiBase, Installation};
 use crate::installation::token::TokenEntry;
 
 /// Middleware that stamps requests with an installation token. See the [module docs](crate::auth).
@@ -102,25 +102,18 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let shared = &self.installation.handle.shared;
-        if !shared.params.api_base.is_same_origin(request.uri()) {
-            if request.uri().authority().is_none() {
-                return ResponseFuture::failed(Error::new(
-                    ErrorKind::InvalidRequest,
-                    format!(
-                        "the request URI has no host, so InstallationAuth cannot tell where its token would go: \
-                         use absolute URIs under {}",
-                        shared.params.api_base
-                    ),
-                ));
-            }
+        let app_jwt_route = match shared.params.api_base.target(request.uri()) {
+            Target::Api(path) => is_app_jwt_route(path),
+            // Release assets take the installation token, never the App JWT.
+            Target::Uploads => false,
             // Another origin: never send it this installation's token.
-            return ResponseFuture::passthrough(self.inner.call(request));
-        }
-        let (path, prefix) = (request.uri().path(), shared.params.api_base.path());
-        let api_path = if prefix.is_empty() { path } else { path.strip_prefix(prefix).unwrap_or_default() };
-        if is_app_jwt_route(api_path) && !request.headers().contains_key(AUTHORIZATION) {
+            Target::Elsewhere => return ResponseFuture::passthrough(self.inner.call(request)),
+            Target::NoHost => return ResponseFuture::failed(no_host(&shared.params.api_base)),
+        };
+        if app_jwt_route && !request.headers().contains_key(AUTHORIZATION) {
             // App routes take the App JWT: cached for minutes, signed anew only near its expiry.
             let app = shared.app.clone();
             let clone = self.inner.clone();
@@ -132,8 +125,8 @@ where
             return ResponseFuture::waiting(Box::pin(stamp), ready, request, self.every_response);
         }
 
-        // The hot path: one cache revalidation, one header clone. The refresher withdraws a token when its time
-        // for requests is over, so the hot path needs no clock.
+        // The hot path: one cache revalidation, one header clone. The token source (and its watchdog) withdraws
+        // a token when its time for requests is over, so the hot path needs no clock.
         if let Some(token) = self.current.load() {
             let value = match &self.stamp {
                 Some((serial, value)) if *serial == token.serial => value.clone(),
@@ -152,8 +145,8 @@ where
             // The future holds the token's entry only while every response needs it: before GitHub has proved
             // the token (its first seconds), or when asked to. Otherwise it holds just the serial, and no
             // reference count is touched beyond the header's.
-            let entry = (self.every_response || !token.replicated.load(Ordering::Relaxed)).then(|| Arc::clone(token));
-            return ResponseFuture::authorized(self.inner.call(request), token.serial, entry, self.every_response);
+            let entry = (self.every_response || !token.replication.is_proven()).then(|| Arc::clone(token));
+            return ResponseFuture::stamped(self.inner.call(request), token.serial, entry, self.every_response);
         }
         if request.headers().contains_key(AUTHORIZATION) {
             return ResponseFuture::passthrough(self.inner.call(request));
@@ -170,6 +163,17 @@ where
             self.every_response,
         )
     }
+}
+
+#[cold]
+fn no_host(api_base: &ApiBase) -> Error {
+    Error::new(
+        ErrorKind::InvalidRequest,
+        format!(
+            "the request URI has no host, so InstallationAuth cannot tell where its token would go: use absolute \
+             URIs under {api_base} (clients that send path-only URIs need a layer that sets the base URI first)"
+        ),
+    )
 }
 
 /// A separately allocated copy of a (sensitive) header value.

@@ -1,4 +1,5 @@
-//! Where the GitHub API lives: github.com, GitHub Enterprise Cloud (`*.ghe.com`) or a GitHub Enterprise Server.
+//! Where the GitHub API lives: github.com, GitHub Enterprise Cloud (`*.ghe.com`) or a GitHub Enterprise Server,
+//! and where its release assets are uploaded.
 
 use std::fmt;
 
@@ -16,7 +17,11 @@ use crate::error::{Error, ErrorKind};
 /// - any path on a loopback host (`127.0.0.1`, `[::1]`, `localhost`), for test servers; only there is plain
 ///   `http` allowed, so tokens never cross a network unencrypted.
 ///
-/// Tokens minted here are only ever sent to this scheme, host and port.
+/// Tokens minted here are only ever sent to this scheme, host and port, and to the API's uploads origin for
+/// release assets: `https://uploads.github.com` for github.com, `https://uploads.SUBDOMAIN.ghe.com` for
+/// `*.ghe.com`, `https://HOST/api/uploads` for GitHub Enterprise Server (set another with
+/// [`with_uploads`](Self::with_uploads), e.g. for a test server). A host written with a trailing dot
+/// (`api.github.com.`) is the same host.
 ///
 /// ```
 /// use tower_github_app::ApiBase;
@@ -24,18 +29,50 @@ use crate::error::{Error, ErrorKind};
 /// assert!(ApiBase::parse("https://ghe.example.com/api/v3/").is_ok());
 /// assert!(ApiBase::parse("https://ghe.example.com").is_err());
 /// assert!(ApiBase::parse("api.github.com").is_err());
+/// assert_eq!(ApiBase::github_com().uploads().unwrap().to_string(), "https://uploads.github.com");
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiBase {
     scheme: Scheme,
     authority: Authority,
     path: String,
+    uploads: Option<Origin>,
+}
+
+/// A scheme, host, port and path prefix: where uploads go.
+#[derive(Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+    path: String,
+}
+
+/// Where a request goes, as far as a token of this API may follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target<'a> {
+    /// The REST API; the path after the API's prefix (`/repos/o/r`; empty when the path is outside the prefix).
+    Api(&'a str),
+    /// The API's uploads origin (release assets): the installation token, never the App JWT.
+    Uploads,
+    /// Another origin: no token.
+    Elsewhere,
+    /// A URI without a host: refused, since nobody can tell where a token would go.
+    NoHost,
 }
 
 impl ApiBase {
     /// `https://api.github.com`.
     pub fn github_com() -> Self {
-        ApiBase { scheme: Scheme::HTTPS, authority: Authority::from_static("api.github.com"), path: String::new() }
+        ApiBase {
+            scheme: Scheme::HTTPS,
+            authority: Authority::from_static("api.github.com"),
+            path: String::new(),
+            uploads: Some(Origin {
+                scheme: Scheme::HTTPS,
+                authority: Authority::from_static("uploads.github.com"),
+                path: String::new(),
+            }),
+        }
     }
 
     /// Parses and checks a base URL.
@@ -82,7 +119,84 @@ impl ApiBase {
                 )));
             }
         }
-        Ok(ApiBase { scheme: scheme.clone(), authority: authority.clone(), path })
+        let uploads = if loopback {
+            None
+        } else if host == "api.github.com" || host.ends_with(".ghe.com") {
+            // api.github.com → uploads.github.com; api.X.ghe.com → uploads.X.ghe.com.
+            let uploads_host = format!("uploads.{}", host.trim_start_matches("api."));
+            let authority = match authority.port() {
+                Some(port) => format!("{uploads_host}:{port}"),
+                None => uploads_host,
+            };
+            Authority::try_from(authority.as_str())
+                .ok()
+                .map(|authority| Origin { scheme: scheme.clone(), authority, path: String::new() })
+        } else {
+            Some(Origin { scheme: scheme.clone(), authority: authority.clone(), path: "/api/uploads".into() })
+        };
+        Ok(ApiBase { scheme: scheme.clone(), authority: authority.clone(), path, uploads })
+    }
+
+    /// The same API with release-asset uploads at `url` (scheme, host, port and path prefix), for servers whose
+    /// uploads origin is not GitHub's usual one (test servers, proxies). Checked like the API base: https, or
+    /// plain http on loopback only.
+    pub fn with_uploads(mut self, url: &str) -> Result<Self, Error> {
+        let url = url.trim();
+        let uri: Uri = url.parse().map_err(|_| config(format!("the uploads URL {url:?} is not a valid URL")))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(config(format!("the uploads URL {url:?} has no scheme or host: write it in full")));
+        };
+        if uri.query().is_some() || authority.as_str().contains('@') {
+            return Err(config(format!("the uploads URL {url:?} carries a query or user info")));
+        }
+        let loopback = is_loopback(&authority.host().to_ascii_lowercase());
+        if *scheme != Scheme::HTTPS && !(loopback && *scheme == Scheme::HTTP) {
+            return Err(config(format!(
+                "the uploads URL {url:?} does not use https: tokens must not travel unencrypted (plain http is \
+                 only allowed on loopback test servers)"
+            )));
+        }
+        let path = uri.path().trim_end_matches('/').to_owned();
+        self.uploads = Some(Origin { scheme: scheme.clone(), authority: authority.clone(), path });
+        Ok(self)
+    }
+
+    /// Where release assets are uploaded with this API's tokens, if anywhere.
+    pub fn uploads(&self) -> Option<String> {
+        self.uploads.as_ref().map(|o| format!("{}://{}{}", o.scheme, o.authority, o.path))
+    }
+
+    /// Where `uri` goes: this API (and which route), its uploads origin, elsewhere, or nowhere.
+    #[inline]
+    pub(crate) fn target<'u>(&self, uri: &'u Uri) -> Target<'u> {
+        let Some(authority) = uri.authority() else {
+            return Target::NoHost;
+        };
+        // The hot path: requests built from the base carry its scheme and authority verbatim.
+        let verbatim =
+            uri.scheme() == Some(&self.scheme) && same_bytes(authority.as_str().as_bytes(), self.authority.as_str().as_bytes());
+        if verbatim || same_origin(uri, &self.scheme, &self.authority) {
+            let path = uri.path();
+            if self.path.is_empty() {
+                return Target::Api(path);
+            }
+            if under(path, &self.path) {
+                return Target::Api(&path[self.path.len()..]);
+            }
+            // GitHub Enterprise Server: uploads share the API's host, under /api/uploads.
+            if self.is_uploads(uri) {
+                return Target::Uploads;
+            }
+            return Target::Api("");
+        }
+        if self.is_uploads(uri) { Target::Uploads } else { Target::Elsewhere }
+    }
+
+    fn is_uploads(&self, uri: &Uri) -> bool {
+        self.uploads.as_ref().is_some_and(|uploads| {
+            same_origin(uri, &uploads.scheme, &uploads.authority)
+                && (uploads.path.is_empty() || under(uri.path(), &uploads.path))
+        })
     }
 
     /// The URL of an API path such as `/app/installations/1/access_tokens`.
@@ -95,22 +209,10 @@ impl ApiBase {
             .map_err(|e| Error::build(ErrorKind::InvalidRequest, "could not build an API URL").source(e).finish())
     }
 
-    /// Whether `uri` goes to this API's scheme, host and port: the only place its tokens may be sent.
+    /// Whether `uri` goes to this API's scheme, host and port (its uploads origin aside): with
+    /// [`uploads`](Self::uploads), the only places its tokens may be sent.
     pub fn is_same_origin(&self, uri: &Uri) -> bool {
-        if uri.scheme() != Some(&self.scheme) {
-            return false;
-        }
-        let Some(authority) = uri.authority() else {
-            return false;
-        };
-        // Requests built from the base carry its authority verbatim: no parsing on the hot path.
-        same_bytes(authority.as_str().as_bytes(), self.authority.as_str().as_bytes())
-            || (authority.host().eq_ignore_ascii_case(self.authority.host())
-                && authority.port_u16().or_else(|| default_port(&self.scheme)) == self.port())
-    }
-
-    fn port(&self) -> Option<u16> {
-        self.authority.port_u16().or_else(|| default_port(&self.scheme))
+        same_origin(uri, &self.scheme, &self.authority)
     }
 
     /// The path prefix (`/api/v3` on GitHub Enterprise Server, empty on github.com).
@@ -124,17 +226,49 @@ impl ApiBase {
     }
 }
 
-/// Byte equality of two short strings, word by word, without a call into libc's `memcmp` (whose vector code
-/// path costs more than the comparison itself for a host name).
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+/// Whether `uri` goes to this scheme, host and port: hosts compared without case and without a trailing dot
+/// (`api.github.com.` is `api.github.com`), ports with the scheme's default filled in.
+fn same_origin(uri: &Uri, scheme: &Scheme, authority: &Authority) -> bool {
+    let Some(theirs) = uri.authority() else {
+        return false;
+    };
+    if uri.scheme() != Some(scheme) {
         return false;
     }
-    let (mut a_words, mut b_words) = (a.chunks_exact(8), b.chunks_exact(8));
-    let words_equal = a_words.by_ref().zip(b_words.by_ref()).all(|(x, y)| {
-        u64::from_ne_bytes(x.try_into().unwrap_or_default()) == u64::from_ne_bytes(y.try_into().unwrap_or_default())
-    });
-    words_equal && a_words.remainder().iter().zip(b_words.remainder()).all(|(x, y)| x == y)
+    fn host(authority: &Authority) -> &str {
+        let host = authority.host();
+        host.strip_suffix('.').unwrap_or(host)
+    }
+    host(theirs).eq_ignore_ascii_case(host(authority))
+        && theirs.port_u16().or_else(|| default_port(scheme)) == authority.port_u16().or_else(|| default_port(scheme))
+}
+
+/// Whether `path` is `prefix` or lies under it (`/api/v3` holds `/api/v3/x`, not `/api/v3x`).
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Byte equality of two short strings in at most four word comparisons, without a call into libc's `memcmp`
+/// (whose vector code path costs more than the comparison itself for a host name).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    match n {
+        0..=7 => a == b,
+        // Two overlapping words cover 8..=16 bytes; four cover up to 32.
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        17..=32 => {
+            word(a, 0) == word(b, 0)
+                && word(a, 8) == word(b, 8)
+                && word(a, n - 16) == word(b, n - 16)
+                && word(a, n - 8) == word(b, n - 8)
+        }
+        _ => a == b,
+    }
 }
 
 fn default_port(scheme: &Scheme) -> Option<u16> {
@@ -212,15 +346,72 @@ mod tests {
 
     #[test]
     fn same_bytes_is_equality() {
-        for (a, b) in [("", ""), ("a", "a"), ("api.github.com", "api.github.com"), ("127.0.0.1:8080", "127.0.0.1:8080")]
-        {
+        let long = "a-very-long-enterprise-host.example.com";
+        for (a, b) in [
+            ("", ""),
+            ("a", "a"),
+            ("api.github.com", "api.github.com"),
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("ghe.example.internal:8443", "ghe.example.internal:8443"),
+            (long, long),
+        ] {
             assert!(same_bytes(a.as_bytes(), b.as_bytes()));
         }
-        for (a, b) in
-            [("", "a"), ("api.github.com", "api.github.con"), ("api.github.com", "bpi.github.com"), ("a", "b")]
-        {
+        for (a, b) in [
+            ("", "a"),
+            ("api.github.com", "api.github.con"),
+            ("api.github.com", "bpi.github.com"),
+            ("api.github.com", "api.gXthub.com"),
+            ("a", "b"),
+            ("ghe.example.internal:8443", "ghe.example.intXrnal:8443"),
+            ("ghe.example.internal:8443", "ghe.examXle.internal:8443"),
+            ("a-very-long-enterprise-host.example.com", "a-very-long-enterprise-host.examplX.com"),
+        ] {
             assert!(!same_bytes(a.as_bytes(), b.as_bytes()), "{a} {b}");
         }
+        // Every length from 0 to 40, every position of a difference.
+        for n in 0..40 {
+            let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same_bytes(&a, &a.clone()));
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 1;
+                assert!(!same_bytes(&a, &b), "{n} {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn targets_api_uploads_and_elsewhere() {
+        let dotcom = ApiBase::github_com();
+        let target = |base: &ApiBase, s: &str| format!("{:?}", base.target(&s.parse::<Uri>().unwrap()));
+        assert_eq!(target(&dotcom, "https://api.github.com/repos/o/r"), "Api(\"/repos/o/r\")");
+        assert_eq!(target(&dotcom, "https://api.github.com./repos/o/r"), "Api(\"/repos/o/r\")");
+        assert_eq!(target(&dotcom, "https://API.GitHub.com:443/app"), "Api(\"/app\")");
+        assert_eq!(target(&dotcom, "https://uploads.github.com/repos/o/r/releases/1/assets?name=a"), "Uploads");
+        assert_eq!(target(&dotcom, "https://uploads.github.com./repos/o/r/releases/1/assets"), "Uploads");
+        assert_eq!(target(&dotcom, "http://uploads.github.com/x"), "Elsewhere");
+        assert_eq!(target(&dotcom, "https://api.github.com.evil.com/x"), "Elsewhere");
+        assert_eq!(target(&dotcom, "https://objects.githubusercontent.com/x"), "Elsewhere");
+        assert_eq!(target(&dotcom, "/repos/o/r"), "NoHost");
+
+        let ghes = ApiBase::parse("https://ghe.example.com/api/v3").unwrap();
+        assert_eq!(ghes.uploads().unwrap(), "https://ghe.example.com/api/uploads");
+        assert_eq!(target(&ghes, "https://ghe.example.com/api/v3/app"), "Api(\"/app\")");
+        assert_eq!(target(&ghes, "https://ghe.example.com/api/uploads/repos/o/r/releases/1/assets"), "Uploads");
+        assert_eq!(target(&ghes, "https://ghe.example.com/api/v3x/app"), "Api(\"\")");
+        assert_eq!(target(&ghes, "https://ghe.example.com/login"), "Api(\"\")");
+
+        let cloud = ApiBase::parse("https://api.acme.ghe.com").unwrap();
+        assert_eq!(cloud.uploads().unwrap(), "https://uploads.acme.ghe.com");
+        assert_eq!(target(&cloud, "https://uploads.acme.ghe.com/repos/o/r/releases/1/assets"), "Uploads");
+
+        let local = ApiBase::parse("http://127.0.0.1:3000").unwrap();
+        assert_eq!(local.uploads(), None);
+        assert_eq!(target(&local, "http://127.0.0.1:3001/repos/o/r/releases/1/assets"), "Elsewhere");
+        let local = local.with_uploads("http://127.0.0.1:3001").unwrap();
+        assert_eq!(target(&local, "http://127.0.0.1:3001/repos/o/r/releases/1/assets"), "Uploads");
+        assert!(ApiBase::github_com().with_uploads("http://uploads.example.com").is_err());
     }
 
     #[test]

@@ -136,54 +136,58 @@ pub(crate) struct Minted {
     pub(crate) details: TokenDetails,
 }
 
-/// Sends one token request and reads the answer. On a clock-skew refusal, the offset read from `Date` is
-/// stored in the App before the error is returned, so the next JWT is already corrected.
+/// Sends one token request and reads the answer. Signing the JWT and the request share `params.timeout`. On a
+/// clock-skew refusal, the offset read from `Date` is stored in the App before the error is returned, so the
+/// next JWT is already corrected.
 pub(crate) async fn mint_once(app: &GitHubApp, client: &MintClient, params: &MintParams) -> Result<Minted, Error> {
-    let jwt = app.jwt().await?;
-    let url = params.api_base.url(&format!("/app/installations/{}/access_tokens", params.installation_id))?;
-    let mut request = Request::builder()
-        .method(Method::POST)
-        .uri(url)
-        .header(ACCEPT, "application/vnd.github+json")
-        .header("x-github-api-version", "2022-11-28")
-        .header(USER_AGENT, params.user_agent.clone())
-        .header(AUTHORIZATION, jwt.authorization());
-    if params.body.is_some() {
-        request = request.header(CONTENT_TYPE, "application/json");
-    }
-    let request = request
-        .body(params.body.clone().unwrap_or_default())
-        .map_err(|e| Error::build(ErrorKind::InvalidRequest, "could not build the token request").source(e).finish())?;
-
-    let send = async {
+    let attempt = async {
+        let jwt = app.jwt().await?;
+        let url = params.api_base.url(&format!("/app/installations/{}/access_tokens", params.installation_id))?;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header(ACCEPT, "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .header(USER_AGENT, params.user_agent.clone())
+            .header(AUTHORIZATION, jwt.authorization());
+        if params.body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(params.body.clone().unwrap_or_default()).map_err(|e| {
+            Error::build(ErrorKind::InvalidRequest, "could not build the token request").source(e).finish()
+        })?;
         let mut client = client.clone();
-        client.ready().await?.call(request).await
+        let response = async { client.ready().await?.call(request).await }
+            .await
+            .map_err(|error| transport_error(error, params))?;
+        Ok::<_, Error>((response, jwt.clock_offset()))
     };
-    let response = match tokio::time::timeout(params.timeout, send).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => return Err(transport_error(error, params)),
+    let (response, jwt_offset) = match tokio::time::timeout(params.timeout, attempt).await {
+        Ok(outcome) => outcome?,
         Err(_) => {
             return Err(Error::new(
                 ErrorKind::Timeout,
                 format!(
-                    "the token request to {} got no answer within {:?}; it is retried with backoff (raise \
-                     mint_timeout if the network is slow)",
+                    "the token request to {} (signing its JWT included) got no answer within {:?}; it is retried \
+                     with backoff (raise mint_timeout if the network or the signer is slow)",
                     params.api_base, params.timeout
                 ),
             ));
         }
     };
     let (parts, body) = response.into_parts();
-    read_answer(parts.status, &parts.headers, &body, app, params)
+    read_answer(parts.status, &parts.headers, &body, app, params, jwt_offset)
 }
 
-/// What GitHub's answer to a token request means: a token, or the error that says why not.
+/// What GitHub's answer to a token request means: a token, or the error that says why not. `jwt_offset` is the
+/// clock offset the request's JWT was signed with.
 pub(crate) fn read_answer(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     app: &GitHubApp,
     params: &MintParams,
+    jwt_offset: i64,
 ) -> Result<Minted, Error> {
     let received_at = Instant::now();
     let local_now = SystemTime::now();
@@ -191,9 +195,28 @@ pub(crate) fn read_answer(
     if status == StatusCode::CREATED || status == StatusCode::OK {
         read_token(body, server_date, local_now, received_at, app, params)
     } else {
-        Err(refusal(status, headers, body, server_date, local_now, app, params))
+        Err(refusal(status, headers, body, Clocks { server_date, local_now, jwt_offset }, app, params))
     }
 }
+
+/// What is known of the two clocks when GitHub answered.
+struct Clocks {
+    server_date: Option<SystemTime>,
+    local_now: SystemTime,
+    /// The offset the refused JWT was signed with.
+    jwt_offset: i64,
+}
+
+impl Clocks {
+    /// GitHub's clock minus ours, in seconds, if GitHub sent `Date`.
+    fn measured_offset(&self) -> Option<i64> {
+        self.server_date.map(|date| crate::app::signed_seconds_between(self.local_now, date))
+    }
+}
+
+/// A JWT signed with a clock further than this from GitHub's may have been refused for its times, whatever the
+/// message says.
+const SKEW_TOLERANCE_SECS: i64 = 5;
 
 fn transport_error(error: BoxError, params: &MintParams) -> Error {
     if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -329,8 +352,7 @@ fn refusal(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
-    server_date: Option<SystemTime>,
-    local_now: SystemTime,
+    clocks: Clocks,
     app: &GitHubApp,
     params: &MintParams,
 ) -> Error {
@@ -342,9 +364,13 @@ fn refusal(
         .map(|id| scrub(&id.chars().take(64).collect::<String>()));
     let id = params.installation_id;
     let base = &params.api_base;
+    // GitHub's wording is not a contract: its known clock messages are a fast path, and a refused JWT signed
+    // with a clock seconds away from GitHub's `Date` counts as skew whatever the message says.
+    let known_skew_message = raw_message.as_deref().is_some_and(|m| CLOCK_SKEW_MESSAGES.iter().any(|c| m.contains(c)));
+    let clocks_disagree = clocks.measured_offset().is_some_and(|m| (m - clocks.jwt_offset).abs() > SKEW_TOLERANCE_SECS);
     let (kind, text, offset) = match status.as_u16() {
-        401 if raw_message.as_deref().is_some_and(|m| CLOCK_SKEW_MESSAGES.iter().any(|c| m.contains(c))) => {
-            let offset = server_date.map(|date| app.learn_clock_offset(date, local_now));
+        401 if known_skew_message || clocks_disagree => {
+            let offset = clocks.server_date.map(|date| app.learn_clock_offset(date, clocks.local_now));
             let text = match offset {
                 Some(offset) => format!(
                     "GitHub refused the App JWT because the clocks disagree: GitHub's clock is {} s {} this \

@@ -25,10 +25,12 @@
 //! # }
 //! ```
 
-mod api_base;
+pub(crate) mod api_base;
 pub(crate) mod mint;
+pub(crate) mod replication;
 pub(crate) mod source;
 pub(crate) mod token;
+mod watchdog;
 
 pub use api_base::ApiBase;
 pub use mint::TokenScope;

@@ -3,9 +3,21 @@
 //! Owns the `ArcSwap` every request reads, the refresher task (the only code that mints), and the hand-off
 //! between the two: requests that find no usable token ask the refresher and wait for its next outcome. It does
 //! not know HTTP beyond calling [`mint_once`].
+//!
+//! The refresher runs on the Tokio runtime of the request that first needed it, and nothing here trusts that
+//! runtime to stay alive or to be driven:
+//! - Its state (the guard that marks it stopped) is part of its future from the moment it is spawned, so a
+//!   runtime that drops it unpolled still leaves the source restartable.
+//! - When it stops (runtime shut down), the current token is *parked*, not discarded: the next request restores
+//!   it at once and starts a new refresher on its own runtime, without a mint or a wait.
+//! - When its runtime is alive but not driven (a `current_thread` runtime nobody blocks on), the
+//!   [`watchdog`](super::watchdog) thread notices that it overslept and parks the token the same way, and
+//!   withdraws any token whose time for requests is over; a request waiting for a mint that nobody starts takes
+//!   over after [`ACK_PATIENCE`]. Each refresher carries a generation, and one that was replaced exits at its
+//!   next step without publishing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -14,8 +26,21 @@ use tokio::time::Instant;
 
 use super::mint::{MintClient, MintParams, Minted, mint_once};
 use super::token::TokenEntry;
+use super::watchdog::{Registration, Watched};
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind};
+
+/// How long a request that needs a token waits for the refresher to take up its demand before it concludes that
+/// the refresher's runtime is not running it, and starts a new refresher on its own runtime.
+pub(crate) const ACK_PATIENCE: Duration = Duration::from_millis(500);
+
+/// How far past the moment it said it would wake a refresher may be before the watchdog counts it as stalled.
+const OVERSLEEP: Duration = Duration::from_secs(1);
+
+/// The real-clock moment matching a moment on the Tokio clock (which tests pause and advance).
+pub(crate) fn real_time(at: Instant) -> std::time::Instant {
+    std::time::Instant::now() + at.saturating_duration_since(Instant::now())
+}
 
 /// When tokens are used and replaced. See the builder methods of [`InstallationBuilder`](super::InstallationBuilder).
 #[derive(Debug, Clone)]
@@ -50,12 +75,12 @@ impl Timing {
             received_at: minted.received_at,
             expires: minted.expires,
             usable_until: minted.expires - margin,
+            usable_until_real: real_time(minted.expires - margin),
             refresh_at: minted.expires - ahead,
             scoped,
             details: minted.details,
             source,
-            replicated: Default::default(),
-            replicated_notify: Default::default(),
+            replication: Default::default(),
         }
     }
 }
@@ -64,8 +89,8 @@ impl Timing {
 enum Status {
     /// No attempt has finished since the refresher started.
     Idle,
-    /// An attempt is under way.
-    Minting,
+    /// An attempt is under way; it ends (with a token or an error) by `until`.
+    Minting { until: Instant },
     /// The last attempt succeeded.
     Ready,
     /// The last attempt failed; the refresher waits out its backoff.
@@ -80,6 +105,7 @@ struct Counters {
     failed_mints: AtomicU64,
     waited_requests: AtomicU64,
     invalidations: AtomicU64,
+    refresher_starts: AtomicU64,
 }
 
 /// Counts of what a token source did, for tests, demos and metrics.
@@ -94,6 +120,27 @@ pub struct InstallationStats {
     pub waited_requests: u64,
     /// Tokens dropped because GitHub refused them (see [`InstallationTokenUsed::invalidate`](crate::InstallationTokenUsed::invalidate)).
     pub invalidations: u64,
+    /// Times a refresher task was started: once at first use, and again whenever the runtime running it shut
+    /// down or stopped driving it.
+    pub refresher_starts: u64,
+}
+
+/// Which refresher is the live one.
+struct Refresher {
+    /// Bumped for every refresher started; a refresher whose generation is no longer current exits.
+    generation: u64,
+    running: bool,
+    /// Wakes the live refresher (each generation has its own, so a replaced one cannot swallow a wake-up).
+    wake: Arc<Notify>,
+}
+
+/// How a refresher is started.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// Unless one is running.
+    IfStopped,
+    /// In place of generation `n`, which does not make progress (unless that was already done).
+    Replacing(u64),
 }
 
 /// State shared by every handle of one installation and its refresher task.
@@ -103,21 +150,39 @@ pub(crate) struct Shared {
     pub(crate) scoped: bool,
     timing: Timing,
     client: MintClient,
-    /// The token requests use. `None` before the first mint and after an invalidation.
+    /// The token requests use. `None` before the first mint, after an invalidation, and while parked.
     pub(crate) current: ArcSwapOption<TokenEntry>,
     /// The token before the current one, kept alive while requests that carried it may still be answered.
     previous: ArcSwapOption<TokenEntry>,
+    /// A usable token taken from requests because its refresher stopped or stalled, with that refresher's
+    /// generation. The next request that needs a token restores it and starts a refresher on its own runtime.
+    parked: Mutex<Option<(Arc<TokenEntry>, u64)>>,
     status: watch::Sender<Status>,
-    demand: Notify,
+    refresher: Mutex<Refresher>,
+    /// When the live refresher will next wake at the latest, on the real clock (nanoseconds after `EPOCH`).
+    wakes_by: AtomicU64,
     /// The longest validity a caller of `token_valid_for` asked for since the last mint.
     wanted: Mutex<Option<Duration>>,
-    running: Mutex<bool>,
     counters: Counters,
+    watchdog: Registration,
+    this: Weak<Shared>,
+}
+
+/// The origin of `wakes_by`.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }
 
 impl Shared {
-    pub(crate) fn new(app: GitHubApp, client: MintClient, params: MintParams, scoped: bool, timing: Timing) -> Self {
-        Shared {
+    pub(crate) fn new(
+        app: GitHubApp,
+        client: MintClient,
+        params: MintParams,
+        scoped: bool,
+        timing: Timing,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Shared {
             app,
             params,
             scoped,
@@ -125,28 +190,29 @@ impl Shared {
             client,
             current: ArcSwapOption::empty(),
             previous: ArcSwapOption::empty(),
+            parked: Mutex::new(None),
             status: watch::Sender::new(Status::Idle),
-            demand: Notify::new(),
+            refresher: Mutex::new(Refresher { generation: 0, running: false, wake: Arc::new(Notify::new()) }),
+            wakes_by: AtomicU64::new(u64::MAX),
             wanted: Mutex::new(None),
-            running: Mutex::new(false),
             counters: Counters::default(),
-        }
+            watchdog: Registration::new(),
+            this: this.clone(),
+        })
     }
 
     /// The current token if it has `validity` left (or, for `None`, is still usable for requests).
     fn valid_token(&self, validity: Option<Duration>) -> Option<Arc<TokenEntry>> {
         let current = self.current.load();
         let token = current.as_ref()?;
-        let now = Instant::now();
-        let valid = match validity {
-            None => now < token.usable_until,
-            Some(validity) => token.is_valid_for(now, validity),
-        };
-        valid.then(|| Arc::clone(token))
+        is_valid(token, Instant::now(), validity).then(|| Arc::clone(token))
     }
 
     /// Makes `token` current, keeping the one it replaces as `previous`.
     fn replace_current(&self, token: Option<Arc<TokenEntry>>) {
+        if let Some(token) = &token {
+            self.watch_until(token.usable_until_real);
+        }
         if let Some(old) = self.current.swap(token) {
             self.previous.store(Some(old));
         }
@@ -168,29 +234,44 @@ impl Shared {
                 serial,
                 "installation token invalidated; minting a new one"
             );
-            self.demand.notify_one();
+            self.wake_refresher();
         }
         dropped
     }
 
+    /// Takes the current token from requests if `spent` says so. Returns it if it was taken.
+    fn take_current_if(&self, spent: impl Fn(&TokenEntry) -> bool) -> Option<Arc<TokenEntry>> {
+        if self.current.load().as_deref().is_none_or(|token| !spent(token)) {
+            return None;
+        }
+        let mut taken = false;
+        let before = self.current.rcu(|current| {
+            taken = current.as_deref().is_some_and(&spent);
+            if taken { None } else { current.clone() }
+        });
+        if !taken {
+            return None;
+        }
+        self.previous.store(before.clone());
+        before
+    }
+
     /// Withdraws the current token if its time for requests is over.
     fn withdraw_if_spent(&self, now: Instant) {
-        if self.current.load().as_ref().is_none_or(|token| now < token.usable_until) {
-            return;
-        }
-        let mut spent = false;
-        let before = self.current.rcu(|current| {
-            spent = current.as_ref().is_some_and(|token| now >= token.usable_until);
-            if spent { None } else { current.clone() }
-        });
-        if spent {
-            let serial = before.as_ref().map(|t| t.serial);
+        if let Some(token) = self.take_current_if(|token| now >= token.usable_until) {
             tracing::warn!(
                 installation = self.params.installation_id,
-                serial,
+                serial = token.serial,
                 "installation token withdrawn: no replacement before its end of use"
             );
-            self.previous.store(before);
+        }
+    }
+
+    /// Takes the current token from requests because the refresher of `generation` stopped or stalled; the next
+    /// request that needs a token restores it and starts a new refresher.
+    fn park(&self, generation: u64) {
+        if let Some(token) = self.take_current_if(|_| true) {
+            *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some((token, generation));
         }
     }
 
@@ -207,6 +288,12 @@ impl Shared {
             (false, None, Some(token)) => token.refresh_at,
             _ => now,
         }
+    }
+
+    /// The longest a mint can take: signing the JWT and the token request, both bounded by `mint_timeout`, plus
+    /// a moment to publish.
+    fn mint_budget(&self) -> Duration {
+        self.params.timeout + Duration::from_secs(1)
     }
 
     /// One mint, plus one immediate retry when GitHub refused the JWT for clock skew and the App has just
@@ -244,7 +331,129 @@ impl Shared {
             failed_mints: c.failed_mints.load(Ordering::Relaxed),
             waited_requests: c.waited_requests.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
+            refresher_starts: c.refresher_starts.load(Ordering::Relaxed),
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.refresher.lock().unwrap_or_else(|e| e.into_inner()).generation
+    }
+
+    fn is_live(&self, generation: u64) -> bool {
+        let refresher = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
+        refresher.running && refresher.generation == generation
+    }
+
+    fn wake_refresher(&self) {
+        let wake = Arc::clone(&self.refresher.lock().unwrap_or_else(|e| e.into_inner()).wake);
+        wake.notify_one();
+    }
+
+    /// Tells the watchdog when the live refresher will wake at the latest.
+    fn heartbeat(&self, wakes_by: Instant) {
+        let real = real_time(wakes_by);
+        let nanos = real.saturating_duration_since(epoch()).as_nanos().min(u128::from(u64::MAX - 1)) as u64;
+        self.wakes_by.store(nanos, Ordering::Release);
+        self.watch_until(real + OVERSLEEP);
+    }
+
+    /// Asks the watchdog to look at this source at `at` at the latest.
+    fn watch_until(&self, at: std::time::Instant) {
+        let this: Weak<dyn Watched> = self.this.clone();
+        self.watchdog.schedule(this, at);
+    }
+
+    /// Starts a refresher on the current Tokio runtime (it stops with its runtime).
+    fn start(self: &Arc<Self>, how: Start, shutdown: &watch::Sender<()>) -> Result<(), Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(
+                ErrorKind::Runtime,
+                "installation tokens are refreshed by a background task, which needs a Tokio runtime: send \
+                 requests and call token() from within one (for example under #[tokio::main])",
+            )
+        })?;
+        let (generation, wake) = {
+            let mut refresher = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
+            match how {
+                Start::IfStopped if refresher.running => return Ok(()),
+                Start::Replacing(stuck) if refresher.running && refresher.generation != stuck => return Ok(()),
+                _ => {}
+            }
+            refresher.generation += 1;
+            refresher.running = true;
+            refresher.wake = Arc::new(Notify::new());
+            (refresher.generation, Arc::clone(&refresher.wake))
+        };
+        self.counters.refresher_starts.fetch_add(1, Ordering::Relaxed);
+        if let Start::Replacing(stuck) = how {
+            tracing::warn!(
+                installation = self.params.installation_id,
+                replaced = stuck,
+                "the token refresher's runtime is not running it; starting a new refresher on this runtime"
+            );
+        }
+        if matches!(*self.status.borrow(), Status::Stopped | Status::Minting { .. }) {
+            self.status.send_replace(Status::Idle);
+        }
+        self.heartbeat(Instant::now() + ACK_PATIENCE);
+        // The guard is part of the future from here on: dropped unpolled (a runtime shutting down), it still
+        // marks this refresher stopped.
+        let guard = RunningGuard { shared: Arc::clone(self), generation };
+        runtime.spawn(refresh(guard, shutdown.subscribe(), wake));
+        Ok(())
+    }
+}
+
+fn is_valid(token: &TokenEntry, now: Instant, validity: Option<Duration>) -> bool {
+    match validity {
+        None => now < token.usable_until,
+        Some(validity) => token.is_valid_for(now, validity),
+    }
+}
+
+impl Watched for Shared {
+    fn check(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        // Tokens whose time for requests is over, whoever should have replaced them.
+        if let Some(token) = self.take_current_if(|token| now >= token.usable_until_real) {
+            tracing::warn!(
+                installation = self.params.installation_id,
+                serial = token.serial,
+                "installation token withdrawn by the watchdog: its refresher did not replace it in time"
+            );
+            self.wake_refresher();
+        }
+        {
+            let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+            if parked.as_ref().is_some_and(|(token, _)| now >= token.usable_until_real) {
+                *parked = None;
+            }
+        }
+        // A refresher that should have woken by now and did not: its runtime is not driving it.
+        let (running, generation) = {
+            let refresher = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
+            (refresher.running, refresher.generation)
+        };
+        let wakes_by = epoch() + Duration::from_nanos(self.wakes_by.load(Ordering::Acquire));
+        if running && now >= wakes_by + OVERSLEEP && self.current.load().is_some() {
+            tracing::warn!(
+                installation = self.params.installation_id,
+                overslept = ?now.saturating_duration_since(wakes_by),
+                "the token refresher's runtime is not running it; the next request restarts it"
+            );
+            self.park(generation);
+        }
+        let mut next: Option<std::time::Instant> = None;
+        let mut consider = |at: std::time::Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if let Some(token) = self.current.load().as_deref() {
+            consider(token.usable_until_real);
+        }
+        if let Some((token, _)) = self.parked.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            consider(token.usable_until_real);
+        }
+        if running && wakes_by + OVERSLEEP > now {
+            consider(wakes_by + OVERSLEEP);
+        }
+        next
     }
 }
 
@@ -256,8 +465,8 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    pub(crate) fn new(shared: Shared) -> Self {
-        Handle { shared: Arc::new(shared), shutdown: watch::Sender::new(()) }
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Handle { shared, shutdown: watch::Sender::new(()) }
     }
 
     /// The slow path: no usable token. Waits for the refresher's next outcome; fails fast while a failed
@@ -266,6 +475,7 @@ impl Handle {
         let shared = &self.shared;
         let mut status = shared.status.subscribe();
         let mut asked = false;
+        let mut restarted = false;
         loop {
             // Status first, then the token: the refresher stores a token before it announces it, so every
             // token announced up to the status just read is visible below.
@@ -273,9 +483,20 @@ impl Handle {
             if let Some(token) = shared.valid_token(validity) {
                 return Ok(token);
             }
-            match seen {
-                Status::Failed(error) => return Err(error),
-                Status::Stopped if asked => return Err(stopped()),
+            if let Some(token) = self.unpark(validity)? {
+                return Ok(token);
+            }
+            match &seen {
+                Status::Failed(error) => return Err(error.clone()),
+                Status::Stopped if asked => {
+                    // The refresher's runtime shut down while we waited: start one here, once.
+                    if restarted {
+                        return Err(stopped());
+                    }
+                    restarted = true;
+                    shared.start(Start::IfStopped, &self.shutdown)?;
+                    shared.wake_refresher();
+                }
                 Status::Ready if asked && shared.current.load().is_some() => {
                     return Err(Error::new(
                         ErrorKind::InvalidRequest,
@@ -290,67 +511,104 @@ impl Handle {
             }
             if !asked {
                 asked = true;
-                self.ensure_running()?;
+                shared.start(Start::IfStopped, &self.shutdown)?;
                 if let Some(validity) = validity {
                     let mut wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner());
                     *wanted = Some(wanted.map_or(validity, |w| w.max(validity)));
                 }
                 shared.counters.waited_requests.fetch_add(1, Ordering::Relaxed);
-                shared.demand.notify_one();
+                shared.wake_refresher();
             }
+            // Bounded: a refresher whose runtime does not run it never answers, and then we start our own.
+            let generation = shared.generation();
+            let patience = match &seen {
+                Status::Minting { until } => until.saturating_duration_since(Instant::now()) + ACK_PATIENCE,
+                _ => ACK_PATIENCE,
+            };
             // The sender lives in `shared`, which this future holds: `changed` cannot fail.
-            let _ = status.changed().await;
+            if tokio::time::timeout(patience, status.changed()).await.is_err() {
+                shared.start(Start::Replacing(generation), &self.shutdown)?;
+                shared.wake_refresher();
+            }
         }
     }
 
-    /// Starts the refresher on the current Tokio runtime unless it runs already (it stops with its runtime).
-    fn ensure_running(&self) -> Result<(), Error> {
-        let mut running = self.shared.running.lock().unwrap_or_else(|e| e.into_inner());
-        if *running {
-            return Ok(());
+    /// Restores a parked token (its refresher stopped or stalled) and starts a refresher on this runtime.
+    fn unpark(&self, validity: Option<Duration>) -> Result<Option<Arc<TokenEntry>>, Error> {
+        let shared = &self.shared;
+        let (token, generation) = {
+            let mut parked = shared.parked.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((token, generation)) = parked.take() else {
+                return Ok(None);
+            };
+            if !is_valid(&token, Instant::now(), None) {
+                return Ok(None);
+            }
+            if let Err(error) = shared.start(Start::Replacing(generation), &self.shutdown) {
+                *parked = Some((token, generation));
+                return Err(error);
+            }
+            (token, generation)
+        };
+        tracing::info!(
+            installation = shared.params.installation_id,
+            serial = token.serial,
+            replaced = generation,
+            "restored the installation token of a stopped refresher"
+        );
+        let restored = Arc::clone(&token);
+        let previous = shared.current.compare_and_swap(&None::<Arc<TokenEntry>>, Some(restored));
+        if previous.is_none() {
+            shared.watch_until(token.usable_until_real);
         }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::new(
-                ErrorKind::Runtime,
-                "installation tokens are refreshed by a background task, which needs a Tokio runtime: send \
-                 requests and call token() from within one (for example under #[tokio::main])",
-            )
-        })?;
-        *running = true;
-        self.shared.status.send_replace(Status::Idle);
-        runtime.spawn(refresh(Arc::clone(&self.shared), self.shutdown.subscribe()));
-        Ok(())
+        shared.status.send_replace(Status::Ready);
+        Ok(is_valid(&token, Instant::now(), validity).then_some(token))
     }
 }
 
 fn stopped() -> Error {
     Error::new(
         ErrorKind::Runtime,
-        "the token refresher stopped because its Tokio runtime shut down; it restarts on the next request made \
-         from a running runtime",
+        "the token refresher could not run: the Tokio runtime this request runs on is shutting down. Send \
+         requests from a running runtime",
     )
 }
 
-/// Marks the refresher as stopped however its future ends (handles dropped, runtime shut down).
-struct RunningGuard(Arc<Shared>);
+/// Marks the refresher stopped however its future ends (handles dropped, runtime shut down, dropped unpolled).
+struct RunningGuard {
+    shared: Arc<Shared>,
+    generation: u64,
+}
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        // Nobody would withdraw the token when it runs out: drop it now, and the next request restarts the
-        // refresher on a live runtime.
-        self.0.current.store(None);
-        *self.0.running.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.0.status.send_replace(Status::Stopped);
+        {
+            let mut refresher = self.shared.refresher.lock().unwrap_or_else(|e| e.into_inner());
+            if !refresher.running || refresher.generation != self.generation {
+                // Replaced: the live refresher is somebody else.
+                return;
+            }
+            refresher.running = false;
+        }
+        // Nobody would replace or withdraw the token now: park it, and the next request restores it on a
+        // live runtime.
+        self.shared.park(self.generation);
+        self.shared.status.send_replace(Status::Stopped);
     }
 }
 
-/// The refresher: the only code that mints for this installation, so at most one mint is ever in flight.
-async fn refresh(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
-    let _guard = RunningGuard(Arc::clone(&shared));
+/// The refresher: the only code that mints for this installation, so at most one mint is ever in flight
+/// (a replaced refresher on a runtime that resumes exits without publishing).
+async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: Arc<Notify>) {
+    let shared = Arc::clone(&guard.shared);
+    let generation = guard.generation;
     let installation = shared.params.installation_id;
     let mut failures = 0u32;
     let mut retry_at: Option<Instant> = None;
     loop {
+        if !shared.is_live(generation) {
+            return;
+        }
         let now = Instant::now();
         // Requests never read the clock: a token whose time for requests is over (its refresh kept failing)
         // is withdrawn here, and they wait or fail fast instead.
@@ -358,20 +616,27 @@ async fn refresh(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
         let due = shared.next_mint(now, retry_at);
         if due > now {
             let spent_at = shared.current.load().as_ref().map(|t| t.usable_until);
-            let wake = spent_at.map_or(due, |spent_at| due.min(spent_at));
+            let wake_at = spent_at.map_or(due, |spent_at| due.min(spent_at));
+            shared.heartbeat(wake_at);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
-                _ = shared.demand.notified() => continue,
-                _ = tokio::time::sleep_until(wake) => continue,
+                _ = wake.notified() => continue,
+                _ = tokio::time::sleep_until(wake_at) => continue,
             }
         }
-        shared.status.send_replace(Status::Minting);
+        let until = now + shared.mint_budget();
+        shared.heartbeat(until);
+        shared.status.send_replace(Status::Minting { until });
         let outcome = tokio::select! {
             biased;
             _ = shutdown.changed() => return,
             outcome = shared.mint() => outcome,
         };
+        if !shared.is_live(generation) {
+            tracing::debug!(installation, generation, "a replaced token refresher drops its mint's outcome");
+            return;
+        }
         match outcome {
             Ok(token) => {
                 failures = 0;
@@ -385,11 +650,15 @@ async fn refresh(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
                 let old_serves =
                     shared.current.load().as_ref().is_some_and(|old| Instant::now() + grace < old.usable_until);
                 if wanted.is_none() && old_serves && !grace.is_zero() {
+                    shared.heartbeat(Instant::now() + grace);
                     tokio::select! {
                         biased;
                         _ = shutdown.changed() => return,
-                        _ = shared.demand.notified() => {}
+                        _ = wake.notified() => {}
                         _ = tokio::time::sleep(grace) => {}
+                    }
+                    if !shared.is_live(generation) {
+                        return;
                     }
                 }
                 tracing::debug!(

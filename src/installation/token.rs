@@ -2,15 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::replication::Replication;
 use super::source::Shared;
 
 /// Everything known about one minted installation token. Built once per mint; requests share it.
@@ -26,15 +25,16 @@ pub(crate) struct TokenEntry {
     /// Its end of use for requests: the refresher withdraws it then if no replacement arrived (the hot path
     /// itself reads no clock).
     pub(crate) usable_until: Instant,
+    /// The same moment on the real clock, for the watchdog thread, which withdraws it when no runtime drives
+    /// the refresher.
+    pub(crate) usable_until_real: std::time::Instant,
     /// When the refresher replaces it.
     pub(crate) refresh_at: Instant,
     pub(crate) scoped: bool,
     pub(crate) details: TokenDetails,
     pub(crate) source: Weak<Shared>,
-    /// Set once GitHub accepted the token (seen by the retry policy), waking requests that wait out its
-    /// replication lag.
-    pub(crate) replicated: AtomicBool,
-    pub(crate) replicated_notify: Notify,
+    /// Whether GitHub accepted it yet, and the probes of its replication lag.
+    pub(crate) replication: Replication,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -66,13 +66,6 @@ impl TokenEntry {
 
     pub(crate) fn is_valid_for(&self, now: Instant, validity: Duration) -> bool {
         now + validity <= self.expires
-    }
-
-    /// Records that GitHub accepted the token. A load, not a write, once it is known.
-    pub(crate) fn mark_replicated(&self) {
-        if !self.replicated.load(Ordering::Acquire) && !self.replicated.swap(true, Ordering::AcqRel) {
-            self.replicated_notify.notify_waiters();
-        }
     }
 }
 
@@ -214,10 +207,31 @@ impl InstallationTokenUsed {
         self.entry.scoped
     }
 
+    /// Whether GitHub has accepted the token at least once (from this process's point of view).
+    pub fn is_proven(&self) -> bool {
+        self.entry.replication.is_proven()
+    }
+
+    /// How many requests have gone back to GitHub to probe whether it knows the token yet (replication lag):
+    /// one per probe step, however many requests were refused.
+    pub fn lag_probes(&self) -> u32 {
+        self.entry.replication.probes()
+    }
+
     /// Tells the token's source that GitHub refused it: if it is still the current token, it is dropped and one
     /// new token is minted, shared by every request that waits for it. Returns whether it was current.
     pub fn invalidate(&self) -> bool {
         self.entry.source.upgrade().is_some_and(|shared| shared.invalidate(self.entry.serial))
+    }
+
+    /// The token's replication state, shared by every request that carried it (for the retry policy).
+    pub(crate) fn replication(&self) -> &Replication {
+        &self.entry.replication
+    }
+
+    /// Records that GitHub accepted the token.
+    pub(crate) fn mark_proven(&self) {
+        self.entry.replication.mark_proven();
     }
 }
 

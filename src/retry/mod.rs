@@ -52,6 +52,9 @@
 //! ```
 
 mod body;
+mod budget;
 mod policy;
 
+pub use body::{BuiltinBodies, CloneBody, CloneBodyFn};
+pub use budget::RetryBudget;
 pub use policy::{RetryGaveUp, RetryOn401Policy, RetryOn401PolicyBuilder};
