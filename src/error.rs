@@ -204,40 +204,95 @@ impl std::error::Error for Error {
     }
 }
 
-/// Keeps what is safe to show of a message that came from the network: at most 200 characters, no control
-/// characters, and anything that looks like a GitHub token or a JWT replaced by `[redacted]`.
+/// Keeps what is safe to show of a message that came from the network: at most 200 characters, no control or
+/// invisible characters, and every run of token-alphabet characters that could be (part of) a credential replaced
+/// by `[redacted]`.
+///
+/// Runs are maximal sequences of `A-Z a-z 0-9 _ - . + / = ~` (the alphabets of GitHub tokens, base64url JWTs and
+/// base64 key material), found inside words, so a secret glued to punctuation (`sig:<signature>`) is caught. A
+/// run is redacted when it is 20 characters or longer, carries a credential prefix (`ghs_`, `eyJ`, ...), or is
+/// 12 or longer and mixes upper case, lower case and digits (a secret cut into short words). Invisible
+/// characters are removed first, so a zero-width space cannot split a secret into harmless pieces.
 pub(crate) fn scrub(message: &str) -> String {
     const MAX_CHARS: usize = 200;
-    let mut out = String::new();
-    // Control characters go first, so that none can split a secret into words that pass the check.
     let visible: String = message
         .chars()
-        .filter_map(|c| if c.is_whitespace() { Some(' ') } else { (!c.is_control()).then_some(c) })
+        .filter_map(|c| {
+            if c.is_whitespace() {
+                Some(' ')
+            } else if c.is_control() || is_invisible(c) {
+                None
+            } else {
+                Some(c)
+            }
+        })
         .collect();
-    for word in visible.split(' ').filter(|w| !w.is_empty()) {
-        if !out.is_empty() {
-            out.push(' ');
+    if visible.to_ascii_uppercase().contains("PRIVATE KEY") {
+        return "[redacted: key material]".to_owned();
+    }
+    let mut out = String::with_capacity(visible.len().min(MAX_CHARS + 16));
+    let mut run_start = None;
+    for (i, c) in visible.char_indices().chain(std::iter::once((visible.len(), ' '))) {
+        if is_token_char(c) && i < visible.len() {
+            run_start.get_or_insert(i);
+            continue;
         }
-        if looks_like_secret(word) {
-            out.push_str("[redacted]");
-        } else {
-            out.push_str(word);
+        if let Some(start) = run_start.take() {
+            let run = &visible[start..i];
+            out.push_str(if looks_like_secret(run) { "[redacted]" } else { run });
         }
-        if out.chars().count() > MAX_CHARS {
-            out = out.chars().take(MAX_CHARS).collect();
-            out.push('…');
-            break;
+        if i < visible.len() && !(c == ' ' && (out.is_empty() || out.ends_with(' '))) {
+            out.push(c);
         }
     }
-    out
+    let out = out.trim_end();
+    if out.chars().count() > MAX_CHARS {
+        let mut cut: String = out.chars().take(MAX_CHARS).collect();
+        cut.push('…');
+        cut
+    } else {
+        out.to_owned()
+    }
 }
 
-fn looks_like_secret(word: &str) -> bool {
-    // No trimming: a prefix such as `ghu_` ends in punctuation, and a trimmed word would lose it.
-    ["ghs_", "ghu_", "ghr_", "ghp_", "gho_", "github_pat_", "eyJ"].iter().any(|p| word.contains(p))
-        || word.contains("PRIVATE KEY")
-        // Long unbroken runs of token alphabet are treated as secrets too.
-        || (word.len() >= 32 && word.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+' | '/' | '=' | '~')
+}
+
+fn looks_like_secret(run: &str) -> bool {
+    const PREFIXES: [&str; 8] = ["ghs_", "ghu_", "ghr_", "ghp_", "gho_", "ghv_", "github_pat_", "eyJ"];
+    let mixed = || {
+        let b = run.as_bytes();
+        b.iter().any(u8::is_ascii_uppercase) && b.iter().any(u8::is_ascii_lowercase) && b.iter().any(u8::is_ascii_digit)
+    };
+    run.len() >= 20 || PREFIXES.iter().any(|p| run.contains(p)) || (run.len() >= 12 && mixed())
+}
+
+/// Characters that render as nothing (Unicode format characters and variation selectors): removed before
+/// looking for secrets, so that they cannot hide one.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 #[cfg(test)]
@@ -251,10 +306,37 @@ mod tests {
         // A control character cannot smuggle a token past the check.
         assert_eq!(scrub("x gh\u{0}s_abc\tgh\u{7f}u_def"), "x [redacted] [redacted]");
         // Found by fuzzing: a word ending in a token prefix.
-        assert_eq!(scrub("claim exp`p')tighu_ ; far"), "claim [redacted] ; far");
+        assert_eq!(scrub("claim exp`p')tighu_ ; far"), "claim exp`p')[redacted] ; far");
         let long = "x ".repeat(300);
         assert!(scrub(&long).chars().count() <= 201);
-        assert_eq!(scrub("A JSON web token could not be decoded"), "A JSON web token could not be decoded");
+        for message in [
+            "A JSON web token could not be decoded",
+            "'Expiration time' claim ('exp') is too far in the future",
+            "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued",
+            "Resource not accessible by integration",
+            "This installation has been suspended",
+            "Bad credentials",
+        ] {
+            assert_eq!(scrub(message), message);
+        }
+    }
+
+    /// Found by an outside review: secrets glued to punctuation, split by invisible characters, or cut into
+    /// words shorter than a whole-word check looks for.
+    #[test]
+    fn scrub_finds_secrets_inside_words() {
+        let signature: String = (0..342).map(|i| (b"AZaz09-_"[i % 8] as char)).collect();
+        let glued = format!("sig:{signature}");
+        assert_eq!(scrub(&glued), "sig:[redacted]");
+        let zero_width = "token ghs\u{200B}_16C7e42F292c6912E7710c838347Ae178B4a here";
+        assert_eq!(scrub(zero_width), "token [redacted] here");
+        let split: Vec<String> = signature.as_bytes().chunks(31).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        let scrubbed = scrub(&split.join(" "));
+        assert!(!scrubbed.contains(&signature[..12]) && !scrubbed.contains(&signature[40..60]), "{scrubbed}");
+        let short: Vec<String> = ["Ab3dEf9hIj2L", "Mn4pQr5tUv6X"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(scrub(&short.join(" ")), "[redacted] [redacted]");
+        assert_eq!(scrub("key: -----BEGIN RSA PRIVATE KEY-----"), "[redacted: key material]");
+        assert_eq!(scrub("(\"eyJhbGciOiJSUzI1NiJ9\")"), "(\"[redacted]\")");
     }
 
     #[test]

@@ -80,6 +80,11 @@ pub mod fuzzing {
         let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
         read_answer(status, headers, body, app, &params, 0).map(|minted| minted.authorization.len())
     }
+
+    /// What an error message keeps of text that came from the network.
+    pub fn scrub(message: &str) -> String {
+        crate::error::scrub(message)
+    }
 }
 
 #[cfg(feature = "__fuzz")]

@@ -1,14 +1,12 @@
 //! Lifecycle: the refresher task ends with the last handle, and building and dropping thousands of layers and
 //! token sources leaves no task and no memory behind. Counts live heap bytes with a counting allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::{Duration, SystemTime};
+mod common;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use common::TokenEndpoint;
 use tower::Layer;
 use tower_github_app::{GitHubApp, Installation, InstallationAuthLayer, testing::TEST_PRIVATE_KEY};
 
@@ -32,43 +30,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// A token endpoint in process: answers every mint with a fresh one-hour token. No sockets, no tasks.
-#[derive(Clone, Copy)]
-struct TokenEndpoint;
-
-impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _request: Request<Full<Bytes>>) -> Self::Future {
-        let now = SystemTime::now();
-        let body = format!(
-            r#"{{"token":"ghs_{:036}","expires_at":"{}"}}"#,
-            fastrand_like(),
-            humantime::format_rfc3339_seconds(now + Duration::from_secs(3600))
-        );
-        let response = Response::builder()
-            .status(201)
-            .header("date", httpdate::fmt_http_date(now))
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        std::future::ready(Ok(response))
-    }
-}
-
 fn token_endpoint() -> TokenEndpoint {
-    TokenEndpoint
-}
-
-fn fastrand_like() -> u128 {
-    use std::sync::atomic::AtomicU64;
-    static N: AtomicU64 = AtomicU64::new(1);
-    u128::from(N.fetch_add(1, Ordering::Relaxed))
+    TokenEndpoint::default()
 }
 
 fn alive_tasks() -> usize {

@@ -74,6 +74,7 @@ impl Installation {
             app,
             installation_id,
             api_base: None,
+            uploads_base: None,
             scope: TokenScope::new(),
             timing: Timing {
                 refresh_before: InstallationBuilder::DEFAULT_REFRESH_BEFORE,
@@ -144,6 +145,7 @@ pub struct InstallationBuilder {
     app: GitHubApp,
     installation_id: u64,
     api_base: Option<String>,
+    uploads_base: Option<String>,
     scope: TokenScope,
     timing: Timing,
     mint_timeout: Duration,
@@ -160,6 +162,14 @@ impl InstallationBuilder {
     /// Checked by [`ApiBase::parse`] when the source is built.
     pub fn api_base(mut self, url: &str) -> Self {
         self.api_base = Some(url.to_owned());
+        self
+    }
+
+    /// Where release assets are uploaded, when not where GitHub puts them for the API base
+    /// (`https://uploads.github.com`, `https://uploads.SUBDOMAIN.ghe.com`, `https://HOST/api/uploads`): for test
+    /// servers and proxies. Tokens are sent there too. Checked by [`ApiBase::with_uploads`].
+    pub fn uploads_base(mut self, url: &str) -> Self {
+        self.uploads_base = Some(url.to_owned());
         self
     }
 
@@ -284,10 +294,13 @@ impl InstallationBuilder {
             return Err(config("mint_timeout must be longer than zero".into()));
         }
         self.scope.validate()?;
-        let api_base = match &self.api_base {
+        let mut api_base = match &self.api_base {
             Some(url) => ApiBase::parse(url)?,
             None => ApiBase::github_com(),
         };
+        if let Some(url) = &self.uploads_base {
+            api_base = api_base.with_uploads(url)?;
+        }
         let user_agent = match &self.user_agent {
             Some(ua) => HeaderValue::try_from(ua.as_str())
                 .map_err(|_| config("the user agent contains characters not allowed in an HTTP header".into()))?,
@@ -309,6 +322,7 @@ impl fmt::Debug for InstallationBuilder {
             .field("app", self.app.id())
             .field("installation_id", &self.installation_id)
             .field("api_base", &self.api_base)
+            .field("uploads_base", &self.uploads_base)
             .field("scope", &self.scope)
             .field("timing", &self.timing)
             .field("mint_timeout", &self.mint_timeout)

@@ -35,7 +35,7 @@ use crate::error::{Error, ErrorKind};
 pub(crate) const ACK_PATIENCE: Duration = Duration::from_millis(500);
 
 /// How far past the moment it said it would wake a refresher may be before the watchdog counts it as stalled.
-const OVERSLEEP: Duration = Duration::from_secs(1);
+const OVERSLEEP: Duration = Duration::from_millis(200);
 
 /// The real-clock moment matching a moment on the Tokio clock (which tests pause and advance).
 pub(crate) fn real_time(at: Instant) -> std::time::Instant {

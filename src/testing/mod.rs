@@ -27,12 +27,20 @@
 //!
 //! What it serves (each request is recorded, with which credential it carried):
 //! - `POST /app/installations/{id}/access_tokens` (App JWT), with GitHub's status codes and messages;
-//! - `GET /app`, `GET /app/installations`, `GET /repos/{owner}/{repo}/installation` (App JWT);
+//! - `GET /app`, `GET /app/installations`, `GET /app/installations/{id}`,
+//!   `GET /repos/{owner}/{repo}/installation`, `GET /orgs/{org}/installation`, `GET /users/{user}/installation`
+//!   (App JWT);
 //! - `GET /repos/{owner}/{repo}`, `GET /installation/repositories`, `DELETE /installation/token`
 //!   (installation token: valid, unexpired, not revoked, replicated, of an installation that can see the
 //!   repository; `401 Bad credentials` otherwise);
+//! - on a second port, its uploads origin ([`FakeGitHub::uploads_base`]):
+//!   `POST /repos/{owner}/{repo}/releases/{id}/assets` (installation token);
 //! - `GET /redirect?to=URL`: a `302` to `URL`, for testing that redirects never carry tokens elsewhere.
+//!
+//! Answers have GitHub's shape: they are rendered from the examples in GitHub's REST API description (full
+//! repositories, installations, the App), so typed clients decode them as they decode GitHub's.
 
+mod github;
 mod server;
 
 pub use server::{Credential, FakeGitHub, FakeGitHubBuilder, MintFault, RecordedRequest, TokenState};

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::github::{self, Urls};
 use crate::app::{GitHubApp, PrivateKey, unix_seconds};
 use crate::installation::mint::{CLOCK_SKEW_MESSAGES, JWT_NOT_DECODED};
 
@@ -86,11 +87,14 @@ pub enum TokenState {
 
 /// One request the server received.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RecordedRequest {
     /// Its method.
     pub method: Method,
     /// Its path, without the query.
     pub path: String,
+    /// Whether it came to the uploads origin ([`FakeGitHub::uploads_base`]) rather than the API.
+    pub uploads: bool,
     /// The credential it carried.
     pub credential: Credential,
     /// The status the server answered (0 when it closed the connection instead).
@@ -123,6 +127,15 @@ struct IssuedToken {
 }
 
 struct State {
+    urls: Urls,
+    /// Rendered `GET /repos/{owner}/{repo}` answers, by full name.
+    rendered: HashMap<String, Bytes>,
+    /// Rendered repositories as lists show them, by full name.
+    listed: HashMap<String, Value>,
+    /// Rendered `GET /installation/repositories` answers for unscoped tokens, by installation.
+    installation_lists: HashMap<u64, Bytes>,
+    /// Replaces GitHub's messages for JWTs refused for their times, as another GitHub version might word them.
+    jwt_time_message: Option<String>,
     token_lifetime: Duration,
     clock_offset: i64,
     replication_lag: Duration,
@@ -186,6 +199,14 @@ impl FakeGitHubBuilder {
         self
     }
 
+    /// Words the `401` for a JWT refused for its times (`exp` too far ahead, `iat` in the future) with `message`
+    /// instead of GitHub's current wording, as another GitHub version (or a future one) might: clients must not
+    /// depend on the wording.
+    pub fn jwt_time_message(mut self, message: &str) -> Self {
+        self.state.jwt_time_message = Some(message.to_owned());
+        self
+    }
+
     /// Issue tokens in the ~520-character stateless format `ghs_<appid>_<jwt>`.
     pub fn long_tokens(mut self, long: bool) -> Self {
         self.state.long_tokens = long;
@@ -227,17 +248,40 @@ impl FakeGitHubBuilder {
     ///
     /// # Panics
     /// If no port on 127.0.0.1 can be bound: a test environment problem, not an input.
-    pub async fn start(self) -> FakeGitHub {
+    pub async fn start(mut self) -> FakeGitHub {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0 for the fake GitHub");
         let addr = listener.local_addr().expect("local address of the fake GitHub");
+        let uploads = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0 for the fake uploads origin");
+        let uploads_addr = uploads.local_addr().expect("local address of the fake uploads origin");
+        self.state.urls = Urls { api: format!("http://{addr}{}", self.state.prefix), web: format!("http://{addr}") };
+        // Every fixture repository, rendered once: GitHub-sized answers cost the tests nothing per request.
+        let names: std::collections::BTreeSet<String> =
+            self.state.installations.values().flat_map(|i| i.repositories.iter().cloned()).collect();
+        for name in names {
+            let full = Bytes::from(github::full_repository(&self.state.urls, &name, true).to_string());
+            self.state.rendered.insert(name.clone(), full);
+            let listed = github::repository(&self.state.urls, &name, true);
+            self.state.listed.insert(name, listed);
+        }
+        for (id, installation) in &self.state.installations {
+            let repositories: Vec<Value> =
+                installation.repositories.iter().filter_map(|name| self.state.listed.get(name).cloned()).collect();
+            let body = json!({
+                "total_count": repositories.len(),
+                "repository_selection": "selected",
+                "repositories": repositories,
+            });
+            self.state.installation_lists.insert(*id, Bytes::from(body.to_string()));
+        }
         let state = Arc::new(Mutex::new(self.state));
         let (shutdown, shutdown_rx) = watch::channel(());
-        tokio::spawn(serve(listener, Arc::clone(&state), shutdown_rx));
+        tokio::spawn(serve(listener, Arc::clone(&state), shutdown_rx.clone(), false));
+        tokio::spawn(serve(uploads, Arc::clone(&state), shutdown_rx, true));
         let app = GitHubApp::new(
             FakeGitHub::APP_ID,
             PrivateKey::from_pem(super::TEST_PRIVATE_KEY).expect("the crate's test key parses"),
         );
-        FakeGitHub { inner: Arc::new(Inner { state, addr, app, _shutdown: shutdown }) }
+        FakeGitHub { inner: Arc::new(Inner { state, addr, uploads_addr, app, _shutdown: shutdown }) }
     }
 }
 
@@ -261,6 +305,7 @@ pub struct FakeGitHub {
 struct Inner {
     state: Arc<Mutex<State>>,
     addr: SocketAddr,
+    uploads_addr: SocketAddr,
     app: GitHubApp,
     _shutdown: watch::Sender<()>,
 }
@@ -284,6 +329,11 @@ impl FakeGitHub {
         let key = PrivateKey::from_pem(super::TEST_PRIVATE_KEY).expect("the crate's test key parses");
         FakeGitHubBuilder {
             state: State {
+                urls: Urls { api: String::new(), web: String::new() },
+                rendered: HashMap::new(),
+                listed: HashMap::new(),
+                installation_lists: HashMap::new(),
+                jwt_time_message: None,
                 token_lifetime: Duration::from_secs(3600),
                 clock_offset: 0,
                 replication_lag: Duration::ZERO,
@@ -325,6 +375,14 @@ impl FakeGitHub {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// `http://127.0.0.1:PORT2`: its uploads origin (release assets), a second port, as `uploads.github.com` is
+    /// another host than `api.github.com`. Give it to
+    /// [`InstallationBuilder::uploads_base`](crate::InstallationBuilder::uploads_base). It serves
+    /// `POST /repos/{owner}/{repo}/releases/{id}/assets?name=NAME` with an installation token.
+    pub fn uploads_base(&self) -> String {
+        format!("http://{}", self.inner.uploads_addr)
     }
 
     /// The App [`FakeGitHub::APP_ID`] with the test key. Clones share JWT cache and clock offset.
@@ -411,7 +469,7 @@ fn connector() -> HttpConnector {
     connector
 }
 
-async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, mut shutdown: watch::Receiver<()>) {
+async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, mut shutdown: watch::Receiver<()>, uploads: bool) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.changed() => return,
@@ -427,7 +485,7 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, mut shutdown: wa
         let state = Arc::clone(&state);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(Arc::clone(&state), request));
+            let service = hyper::service::service_fn(move |request| handle(Arc::clone(&state), request, uploads));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
@@ -452,11 +510,14 @@ impl std::error::Error for Hangup {}
 
 type Answer = Result<Response<Full<Bytes>>, Hangup>;
 
-async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer {
+async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>, uploads: bool) -> Answer {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     let path = parts.uri.path().to_owned();
+    if uploads {
+        return Ok(upload(&mut lock(), &parts, &path, body.len()));
+    }
     let prefix = lock().prefix.clone();
     let Some(route) = path.strip_prefix(prefix.as_str()).map(str::to_owned) else {
         let mut s = lock();
@@ -479,7 +540,7 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer 
             Some(MintFault::CloseConnection) => {
                 let mut s = lock();
                 let credential = classify(&s, authorization.as_deref());
-                s.requests.push(RecordedRequest { method: parts.method, path, credential, status: 0 });
+                s.requests.push(RecordedRequest { method: parts.method, path, uploads: false, credential, status: 0 });
                 return Err(Hangup);
             }
             Some(MintFault::Status(status, body)) => {
@@ -508,36 +569,65 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer 
     let mut s = lock();
     let (credential, response) = match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["app"]) => with_jwt(&s, authorization.as_deref(), |s, app| {
-            ok(s, json!({"id": app, "slug": "fake-app", "name": "Fake App"}))
+            let client_id = s.apps.iter().find(|a| a.id == app).map(|a| a.client_id.clone()).unwrap_or_default();
+            ok(s, github::app(&s.urls, app, &client_id))
         }),
         (&Method::GET, ["app", "installations"]) => with_jwt(&s, authorization.as_deref(), |s, app| {
             let list: Vec<Value> = s
                 .installations
                 .iter()
                 .filter(|(_, i)| i.app_id == app)
-                .map(|(id, i)| json!({"id": id, "account": {"login": i.account}, "app_id": app}))
+                .map(|(id, i)| installation_json(s, *id, i))
                 .collect();
             ok(s, Value::Array(list))
         }),
+        (&Method::GET, ["app", "installations", id]) => {
+            let id = id.parse::<u64>().unwrap_or(0);
+            with_jwt(&s, authorization.as_deref(), |s, app| match s.installations.get(&id) {
+                Some(i) if i.app_id == app => ok(s, installation_json(s, id, i)),
+                _ => not_found(s),
+            })
+        }
         (&Method::GET, ["repos", owner, repo, "installation"]) => {
             let full_name = format!("{owner}/{repo}");
             with_jwt(&s, authorization.as_deref(), |s, app| {
                 match s.installations.iter().find(|(_, i)| i.app_id == app && i.repositories.contains(&full_name)) {
-                    Some((id, i)) => ok(s, json!({"id": id, "account": {"login": i.account}, "app_id": app})),
+                    Some((id, i)) => ok(s, installation_json(s, *id, i)),
+                    None => not_found(s),
+                }
+            })
+        }
+        (&Method::GET, ["orgs" | "users", account, "installation"]) => {
+            let account = (*account).to_owned();
+            with_jwt(&s, authorization.as_deref(), |s, app| {
+                match s.installations.iter().find(|(_, i)| i.app_id == app && i.account.eq_ignore_ascii_case(&account)) {
+                    Some((id, i)) => ok(s, installation_json(s, *id, i)),
                     None => not_found(s),
                 }
             })
         }
         (&Method::GET, ["repos", owner, repo]) => {
             let full_name = format!("{owner}/{repo}");
-            with_token(&mut s, authorization.as_deref(), |s, installation, token| {
+            let (credential, response) = with_token(&mut s, authorization.as_deref(), |s, installation, token| {
                 let visible = s.installations[&installation].repositories.contains(&full_name)
                     && token.repositories.as_ref().is_none_or(|names| names.iter().any(|n| *n == *repo));
-                if visible { ok(s, repository_json(&full_name)) } else { not_found(s) }
-            })
+                if !visible {
+                    return not_found(s);
+                }
+                match s.rendered.get(&full_name) {
+                    Some(body) => respond(s, 200, "application/json; charset=utf-8", body.clone()),
+                    None => ok(s, github::full_repository(&s.urls, &full_name, true)),
+                }
+            });
+            (credential, response)
         }
         (&Method::GET, ["installation", "repositories"]) => {
             with_token(&mut s, authorization.as_deref(), |s, installation, token| {
+                if token.repositories.is_none()
+                    && let Some(body) = s.installation_lists.get(&installation)
+                {
+                    return respond(s, 200, "application/json; charset=utf-8", body.clone());
+                }
                 let repositories: Vec<Value> = s.installations[&installation]
                     .repositories
                     .iter()
@@ -545,9 +635,12 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer 
                         let name = full.split('/').nth(1).unwrap_or_default();
                         token.repositories.as_ref().is_none_or(|names| names.iter().any(|n| n == name))
                     })
-                    .map(|full| repository_json(full))
+                    .map(|full| listed(s, full))
                     .collect();
-                ok(s, json!({"total_count": repositories.len(), "repositories": repositories}))
+                ok(
+                    s,
+                    json!({"total_count": repositories.len(), "repository_selection": "selected", "repositories": repositories}),
+                )
             })
         }
         (&Method::DELETE, ["installation", "token"]) => {
@@ -589,6 +682,7 @@ fn record(
     s.requests.push(RecordedRequest {
         method: method.clone(),
         path: path.to_owned(),
+        uploads: false,
         credential,
         status: response.status().as_u16(),
     });
@@ -624,10 +718,59 @@ fn not_found(s: &State) -> Response<Full<Bytes>> {
     error(s, 404, "Not Found")
 }
 
-fn repository_json(full_name: &str) -> Value {
-    let name = full_name.split('/').nth(1).unwrap_or_default();
-    let id = full_name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 1_000_000_000;
-    json!({"id": id, "name": name, "full_name": full_name, "private": true})
+fn listed(s: &State, full_name: &str) -> Value {
+    s.listed.get(full_name).cloned().unwrap_or_else(|| github::repository(&s.urls, full_name, true))
+}
+
+fn installation_json(s: &State, id: u64, installation: &InstallationFixture) -> Value {
+    let client_id = s.apps.iter().find(|a| a.id == installation.app_id).map(|a| a.client_id.as_str()).unwrap_or("");
+    github::installation(
+        &s.urls,
+        id,
+        installation.app_id,
+        client_id,
+        &installation.account,
+        &installation.permissions,
+        installation.suspended,
+    )
+}
+
+/// The uploads origin: `POST /repos/{owner}/{repo}/releases/{id}/assets?name=NAME` with an installation token.
+fn upload(s: &mut State, parts: &http::request::Parts, path: &str, size: usize) -> Response<Full<Bytes>> {
+    let authorization = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let name = parts.uri.query().and_then(|q| q.split('&').find_map(|p| p.strip_prefix("name="))).unwrap_or("asset");
+    let (credential, response) = match (&parts.method, segments.as_slice()) {
+        (&Method::POST, ["repos", owner, repo, "releases", release, "assets"]) => {
+            let full_name = format!("{owner}/{repo}");
+            let release = release.parse::<u64>().unwrap_or(0);
+            let name = name.to_owned();
+            with_token(s, authorization.as_deref(), |s, installation, _| {
+                if !s.installations[&installation].repositories.contains(&full_name) {
+                    return not_found(s);
+                }
+                let id = github::id_of(&format!("{full_name}/{release}/{name}"));
+                let body = json!({
+                    "id": id,
+                    "name": name,
+                    "state": "uploaded",
+                    "size": size,
+                    "url": format!("{}/repos/{full_name}/releases/assets/{id}", s.urls.api),
+                    "browser_download_url": format!("{}/{full_name}/releases/download/{release}/{name}", s.urls.web),
+                });
+                respond(s, 201, "application/json; charset=utf-8", Bytes::from(body.to_string()))
+            })
+        }
+        _ => (classify(s, authorization.as_deref()), not_found(s)),
+    };
+    s.requests.push(RecordedRequest {
+        method: parts.method.clone(),
+        path: path.to_owned(),
+        uploads: true,
+        credential,
+        status: response.status().as_u16(),
+    });
+    response
 }
 
 fn bearer(authorization: Option<&str>) -> Option<&str> {
@@ -681,7 +824,15 @@ fn with_jwt(
 ) -> (Credential, Response<Full<Bytes>>) {
     match check_jwt(s, authorization) {
         Ok(app) => (Credential::AppJwt { valid: true }, answer(s, app)),
-        Err(message) => (classify(s, authorization), error(s, 401, message)),
+        Err(message) => (classify(s, authorization), error(s, 401, jwt_message(s, message))),
+    }
+}
+
+/// GitHub's message for a refused JWT, in this server's wording.
+fn jwt_message<'a>(s: &'a State, message: &'a str) -> &'a str {
+    match &s.jwt_time_message {
+        Some(wording) if CLOCK_SKEW_MESSAGES.contains(&message) => wording,
+        _ => message,
     }
 }
 
@@ -761,7 +912,7 @@ fn mint(
 ) -> (Credential, Response<Full<Bytes>>) {
     let app = match check_jwt(s, authorization) {
         Ok(app) => app,
-        Err(message) => return (classify(s, authorization), error(s, 401, message)),
+        Err(message) => return (classify(s, authorization), error(s, 401, jwt_message(s, message))),
     };
     let credential = Credential::AppJwt { valid: true };
     let Some(installation) = s.installations.get(&id).filter(|i| i.app_id == app) else {
@@ -802,7 +953,7 @@ fn mint(
         .repositories
         .iter()
         .filter(|full| scope.repositories.iter().any(|r| full.ends_with(&format!("/{r}"))))
-        .map(|full| repository_json(full))
+        .map(|full| listed(s, full))
         .collect();
 
     s.mints += 1;

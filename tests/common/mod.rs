@@ -1,8 +1,13 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Response};
 use http_body_util::Full;
 
 /// Fails if `text` contains any of the secrets, or anything shaped like a GitHub token, a JWT or PEM key material.
@@ -23,4 +28,38 @@ pub fn get(url: &str) -> Request<Full<Bytes>> {
 
 pub fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// A token endpoint in process: answers every mint at once with a fresh one-hour token, and counts them. No
+/// sockets, no tasks, so thousands of token sources and runtimes cost next to nothing.
+#[derive(Clone, Default)]
+pub struct TokenEndpoint {
+    pub mints: Arc<AtomicU64>,
+}
+
+impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Request<Full<Bytes>>) -> Self::Future {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        self.mints.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let body = format!(
+            r#"{{"token":"ghs_{:036}","expires_at":"{}"}}"#,
+            SERIAL.fetch_add(1, Ordering::Relaxed),
+            humantime::format_rfc3339_seconds(now + Duration::from_secs(3600))
+        );
+        let response = Response::builder()
+            .status(201)
+            .header("date", httpdate::fmt_http_date(now))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        std::future::ready(Ok(response))
+    }
 }
