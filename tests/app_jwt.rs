@@ -146,3 +146,84 @@ fn a_certificate_bundle_with_a_key_uses_the_key() {
     let key = PrivateKey::from_pem(bundle).unwrap();
     assert_eq!(format!("{key:?}"), "PrivateKey { format: \"PKCS#8\", bits: 2048, .. }");
 }
+
+/// A KMS signer whose first call never answers (the outside review's hung `JwtSigner`), then works.
+#[derive(Clone, Default)]
+struct HangsOnce {
+    calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl tower_github_app::JwtSigner for HangsOnce {
+    fn sign<'a>(
+        &'a self,
+        message: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, tower_github_app::BoxError>> + Send + 'a>>
+    {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            if call == 0 {
+                std::future::pending::<()>().await;
+            }
+            let key = PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY)?;
+            Ok(key.sign_rs256(message)?)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signer_that_never_answers_costs_a_typed_timeout_not_a_hang() {
+    let signer = HangsOnce::default();
+    let app = GitHubApp::builder(1).signer(signer.clone()).sign_timeout(Duration::from_secs(5)).build().unwrap();
+    // Ten callers at once: one signature in progress, everyone bounded by the sign timeout, nobody blocked by a
+    // lock held across the signer's call.
+    let started = tokio::time::Instant::now();
+    let outcomes = futures_util::future::join_all((0..10).map(|_| app.jwt())).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    for outcome in &outcomes {
+        let error = outcome.as_ref().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Timeout);
+        assert!(error.to_string().contains("signer"), "{error}");
+    }
+    assert_eq!(signer.calls.load(std::sync::atomic::Ordering::Relaxed), 1, "one signature in flight, shared");
+    // The next caller tries again, and the signer answers this time.
+    assert!(app.jwt().await.is_ok());
+    assert_eq!(signer.calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_signer_is_bounded_by_the_mint_timeout_too() {
+    use tower_github_app::{Installation, testing::FakeGitHub};
+    let github = FakeGitHub::start().await;
+    // No sign timeout to speak of: the mint's own timeout must still bound the mint.
+    let app = GitHubApp::builder(FakeGitHub::APP_ID)
+        .signer(HangsOnce::default())
+        .sign_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let builder = Installation::builder(app, FakeGitHub::INSTALLATION_ID)
+        .api_base(&github.api_base())
+        .mint_timeout(Duration::from_secs(20));
+    let started = tokio::time::Instant::now();
+    let error = builder.mint_once(github.client()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+    assert_eq!(started.elapsed(), Duration::from_secs(20));
+    assert!(error.to_string().contains("signing its JWT included"), "{error}");
+    // The abandoned signature left nothing locked: the next mint signs and succeeds.
+    assert!(builder.mint_once(github.client()).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_cancelled_while_signing_hands_over_to_the_next() {
+    let signer = HangsOnce::default();
+    let app = GitHubApp::builder(1).signer(signer.clone()).build().unwrap();
+    // The signing caller gives up after a second (its request timed out); a waiter then signs itself.
+    let first = tokio::time::timeout(Duration::from_secs(1), app.jwt());
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        app.jwt().await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert!(first.is_err(), "the first caller timed out");
+    assert!(second.is_ok(), "{second:?}");
+    assert_eq!(signer.calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+}

@@ -165,3 +165,89 @@ async fn by_default_only_refusals_carry_the_token_used_extension() {
         assert_eq!(response.extensions().get::<InstallationTokenUsed>().is_some(), expected, "{status}");
     }
 }
+
+/// Route names in any case and with a trailing slash keep the credential GitHub needs; dot segments are resolved
+/// before the route is classified, so a path that resolves to an installation route never gets the App JWT, and
+/// one that resolves to an App route gets it.
+#[tokio::test]
+async fn routes_are_classified_as_a_server_resolves_them() {
+    let (github, _installation, service, mut handle) = setup().await;
+    for (path, app_jwt) in [
+        ("/APP", true),
+        ("/app/", true),
+        ("/App/Installations", true),
+        ("/REPOS/octo-org/octo-repo/INSTALLATION/", true),
+        ("/orgs/../installation", false),
+        ("/orgs/%2e%2e/installation", false),
+        ("/repos/octo-org/octo-repo/%2e%2e/%2E%2E/../app", true),
+        ("/repos/octo-org/octo-repo", false),
+    ] {
+        handle.allow(1);
+        let call = tokio::spawn(service.clone().oneshot(get(&format!("{}{path}", github.api_base()))));
+        let (request, respond) = handle.next_request().await.unwrap();
+        let authorization = request.headers().get(AUTHORIZATION).unwrap().to_str().unwrap().to_owned();
+        respond.send_response(Response::new("ok"));
+        call.await.unwrap().unwrap();
+        let expected = if app_jwt { "Bearer eyJ" } else { "Bearer ghs_" };
+        assert!(authorization.starts_with(expected), "{path}: {}", &authorization[..11]);
+    }
+}
+
+/// `api.github.com.` is `api.github.com`: a host written with its trailing dot gets the token, and one that
+/// merely starts like the API's host does not.
+#[tokio::test]
+async fn a_host_with_a_trailing_dot_is_the_same_host() {
+    let github = FakeGitHub::start().await;
+    let port = github.addr().port();
+    let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+        .api_base(&format!("http://localhost:{port}"))
+        .build(github.client())
+        .unwrap();
+    let (inner, mut handle): (Mock, Handle) = mock::pair();
+    let service = InstallationAuthLayer::new(installation).layer(inner);
+    for (url, stamped) in [
+        (format!("http://localhost.:{port}/repos/octo-org/octo-repo"), true),
+        (format!("http://LOCALHOST:{port}/repos/octo-org/octo-repo"), true),
+        (format!("http://localhost.evil:{port}/repos/octo-org/octo-repo"), false),
+        (format!("http://localhost:{}/repos/octo-org/octo-repo", port + 1), false),
+    ] {
+        handle.allow(1);
+        let call = tokio::spawn(service.clone().oneshot(get(&url)));
+        let (request, respond) = handle.next_request().await.unwrap();
+        assert_eq!(request.headers().contains_key(AUTHORIZATION), stamped, "{url}");
+        respond.send_response(Response::new("ok"));
+        call.await.unwrap().unwrap();
+    }
+}
+
+/// Release assets go to the uploads origin (`uploads.github.com`; here the fake's second port) and need the
+/// installation token there too.
+#[tokio::test]
+async fn release_asset_uploads_carry_the_installation_token() {
+    use tower_github_app::testing::{Credential, TokenState};
+    let github = FakeGitHub::start().await;
+    let url = format!("{}/repos/octo-org/octo-repo/releases/1/assets?name=app.zip", github.uploads_base());
+    let upload = || Request::post(&url).body(Full::new(Bytes::from_static(b"PK\x03\x04"))).unwrap();
+
+    let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+        .api_base(&github.api_base())
+        .uploads_base(&github.uploads_base())
+        .build(github.client())
+        .unwrap();
+    let service = InstallationAuthLayer::new(installation).layer(github.client());
+    let response = service.oneshot(upload()).await.unwrap();
+    assert_eq!(response.status(), 201);
+
+    // Without the uploads origin configured, a loopback API has none: the token stays home.
+    let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+        .api_base(&github.api_base())
+        .build(github.client())
+        .unwrap();
+    let response = InstallationAuthLayer::new(installation).layer(github.client()).oneshot(upload()).await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    let uploads: Vec<_> = github.requests().into_iter().filter(|r| r.uploads).collect();
+    assert_eq!(uploads.len(), 2);
+    assert!(matches!(uploads[0].credential, Credential::InstallationToken { state: TokenState::Valid, .. }));
+    assert_eq!(uploads[1].credential, Credential::None);
+}

@@ -211,3 +211,60 @@ fn bad_configuration_is_refused_before_anything_is_sent() {
         assert!(error.to_string().contains(says), "{says}: {error}");
     }
 }
+
+/// GitHub's wording is not a contract: with its clock 10 minutes behind and a refusal worded in a way the crate
+/// has never seen, the offset is still learned from `Date` and the next mint succeeds.
+#[tokio::test]
+async fn clock_skew_is_recognised_whatever_githubs_message_says() {
+    for (offset, wording) in [
+        (-600, "'Issued at' claim ('iat') must be a time in the past"),
+        (600, "JWT has expired"),
+        (-600, "Bad credentials"),
+    ] {
+        let github = FakeGitHub::builder().clock_offset(offset).jwt_time_message(wording).start().await;
+        let error = mint_error(&github, builder(&github)).await;
+        assert_eq!(error.kind(), ErrorKind::ClockSkew, "{offset} {wording}: {error}");
+        assert_eq!(error.github_message(), Some(wording));
+        let learned = error.clock_offset().unwrap();
+        assert!((learned - offset).abs() <= 2, "{learned}");
+        assert!(error.to_string().contains(if offset < 0 { "behind" } else { "ahead of" }), "{error}");
+
+        // Through the token source: one refused JWT, one corrected mint, no failure seen by the caller.
+        let github = FakeGitHub::builder().clock_offset(offset).jwt_time_message(wording).start().await;
+        let installation = builder(&github).build(github.client()).unwrap();
+        installation.token().await.unwrap();
+        assert_eq!((github.mint_attempts(), github.mint_count()), (2, 1), "{wording}");
+        assert!((installation.app().clock_offset() - offset).abs() <= 2);
+    }
+
+    // A refused JWT while the clocks agree stays what it is.
+    let github = FakeGitHub::builder().jwt_time_message("whatever").start().await;
+    let wrong = GitHubApp::from_pem(FakeGitHub::APP_ID, read("vectors/octokit-jwt/private-key-pkcs1.pem")).unwrap();
+    let error =
+        mint_error(&github, Installation::builder(wrong, FakeGitHub::INSTALLATION_ID).api_base(&github.api_base()))
+            .await;
+    assert_eq!(error.kind(), ErrorKind::JwtRejected);
+}
+
+/// A token endpoint that echoes a JWT signature glued to punctuation: nothing of it reaches the error.
+#[tokio::test]
+async fn secrets_glued_to_punctuation_in_githubs_message_are_scrubbed() {
+    let github = FakeGitHub::start().await;
+    let jwt = github.app().jwt().await.unwrap();
+    let signature = jwt.expose_secret().rsplit('.').next().unwrap().to_owned();
+    let split: Vec<&str> = signature.as_bytes().chunks(31).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    for message in [
+        format!("sig:{signature}"),
+        format!("bad token ghs\u{200B}_16C7e42F292c6912E7710c838347Ae178B4a"),
+        format!("parts {}", split.join(" ")),
+    ] {
+        let body = serde_json::json!({ "message": message }).to_string();
+        github.fail_mints(MintFault::Status(401, body), 1);
+        let error = mint_error(&github, builder(&github)).await;
+        let shown = format!("{error} {error:?}");
+        for window in signature.as_bytes().windows(24) {
+            assert!(!shown.contains(std::str::from_utf8(window).unwrap()), "{shown}");
+        }
+        assert!(!shown.contains("16C7e42F292c6912E7710c838347Ae178B4a"), "{shown}");
+    }
+}

@@ -90,6 +90,20 @@ async fn nothing_secret_reaches_logs_debug_display_or_errors() {
     texts.push(format!("{error} {error:?}"));
     secrets.push("ghs_inthebody".into());
 
+    // The refresher's WARN log of a refusal whose message glues the JWT's signature to punctuation.
+    let signature = jwt.expose_secret().rsplit('.').next().unwrap().to_owned();
+    let glued = serde_json::json!({ "message": format!("sig:{signature}") }).to_string();
+    github.fail_mints(MintFault::Status(401, glued), 1);
+    let fresh = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+        .api_base(&github.api_base())
+        .refresh_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .build(github.client())
+        .unwrap();
+    if let Err(error) = fresh.token().await {
+        texts.push(format!("{error} {error:?}"));
+    }
+    secrets.extend(signature.as_bytes().windows(24).map(|w| String::from_utf8_lossy(w).into_owned()));
+
     // The retry stack and an App-JWT route, for the policy's and the App-JWT extension's Debug output.
     let retrying = tower::ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(tower_github_app::RetryOn401Policy::default()))

@@ -41,7 +41,7 @@ struct Config {
 
 /// The default budget takes deposits in batches; any other `Budget` one by one.
 enum BudgetRef {
-    Batched(RetryBudget),
+    Batched(Arc<RetryBudget>),
     Other(Box<dyn Budget + Send + Sync>),
 }
 
@@ -114,7 +114,7 @@ impl RetryOn401Policy {
             initial_backoff: Duration::from_millis(250),
             max_probe_interval: Duration::from_secs(1),
             max_lag_retries: 8,
-            budget: Some(BudgetRef::Batched(RetryBudget::default())),
+            budget: Some(BudgetRef::Batched(Arc::new(RetryBudget::default()))),
             clone_body: BuiltinBodies,
         }
     }
@@ -354,6 +354,13 @@ impl<C> RetryOn401PolicyBuilder<C> {
     /// lagging token are not paid from it (there is one per step, whatever the number of requests).
     pub fn budget(mut self, budget: impl Budget + Send + Sync + 'static) -> Self {
         self.budget = Some(BudgetRef::Other(Box::new(budget)));
+        self
+    }
+
+    /// A [`RetryBudget`] (paid in batches, see there), which you may share between policies and read with
+    /// [`RetryBudget::available`].
+    pub fn retry_budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(BudgetRef::Batched(budget));
         self
     }
 

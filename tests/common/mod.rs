@@ -63,3 +63,42 @@ impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
         std::future::ready(Ok(response))
     }
 }
+
+/// The stack the README recommends: Buffer, Trace, Timeout, `Retry<RetryOn401Policy>`, FollowRedirect,
+/// ConcurrencyLimit, `InstallationAuth`, then `client` (which also mints).
+pub fn recommended_stack<C>(
+    installation: tower_github_app::Installation,
+    client: C,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>,
+    Error = tower::BoxError,
+    Future: Send,
+> + Clone
++ Send
+where
+    C: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<hyper::body::Incoming>,
+            Error = hyper_util::client::legacy::Error,
+        > + Clone
+        + Send
+        + 'static,
+    C::Future: Send + 'static,
+{
+    use tower::ServiceBuilder;
+    use tower::retry::RetryLayer;
+    use tower_github_app::{InstallationAuthLayer, RetryOn401Policy};
+    use tower_http::follow_redirect::FollowRedirectLayer;
+    use tower_http::trace::TraceLayer;
+    ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(http_body_util::BodyExt::boxed))
+        .buffer(1024)
+        .layer(TraceLayer::new_for_http())
+        .timeout(Duration::from_secs(30))
+        .layer(RetryLayer::new(RetryOn401Policy::default()))
+        .layer(FollowRedirectLayer::new())
+        .concurrency_limit(64)
+        .layer(InstallationAuthLayer::new(installation))
+        .service(client)
+}
