@@ -5,19 +5,19 @@
 //! cargo bench --bench lifecycle
 //! ```
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::get;
 use futures_util::TryFutureExt;
 use futures_util::future::join_all;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_github_app::testing::{FakeGitHub, MintFault};
+use tower_github_app::testing::{Credential, FakeGitHub, MintFault, TokenState};
 use tower_github_app::{Installation, InstallationAuthLayer};
 
-fn get(url: &str) -> http::Request<Full<Bytes>> {
-    http::Request::get(url).body(Full::default()).unwrap()
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -119,6 +119,47 @@ async fn cold_start(n: usize) {
     );
 }
 
+/// 7: a cold-start burst of `n` requests through the README's recommended stack (Buffer, Trace, Timeout,
+/// `Retry<RetryOn401Policy>`, FollowRedirect, ConcurrencyLimit, auth) while GitHub refuses the fresh token for
+/// `lag`, on the real clock: when the requests finish, measured from the burst's start (median of 3 runs).
+async fn burst_under_lag(n: usize, lag: Duration) {
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let github = FakeGitHub::builder().replication_lag(lag).start().await;
+        let client = github.client();
+        let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+            .api_base(&github.api_base())
+            .build(client.clone())
+            .unwrap();
+        let service = common::recommended_stack(installation, client);
+        let url = format!("{}/repos/octo-org/octo-repo", github.api_base());
+        let started = Instant::now();
+        let outcomes = join_all((0..n).map(|_| {
+            service.clone().oneshot(get(&url)).and_then(|r| async move {
+                let status = r.status();
+                r.into_body().collect().await?;
+                Ok((status, started.elapsed()))
+            })
+        }))
+        .await;
+        let mut times: Vec<Duration> = outcomes.iter().map(|o| o.as_ref().unwrap().1).collect();
+        times.sort();
+        let ok = outcomes.iter().filter(|o| o.as_ref().unwrap().0 == 200).count();
+        let refused = github
+            .requests()
+            .iter()
+            .filter(|r| matches!(r.credential, Credential::InstallationToken { state: TokenState::Replicating, .. }))
+            .count();
+        runs.push((times[n / 10], times[n / 2], times[n - 1], ok, refused, github.mint_count()));
+    }
+    runs.sort_by_key(|r| r.2);
+    let (p10, p50, last, ok, refused, mints) = runs[1];
+    println!(
+        "7 burst N={n} lag {lag:?} (median run of 3): {ok} ok, done p10 {p10:?} p50 {p50:?} last {last:?}; \
+         {refused} refused attempts, {mints} mint(s)"
+    );
+}
+
 /// 6b: tokens for 1,000 installations of one App, minted over 9 minutes: how many JWT signatures.
 fn jwts_for_a_thousand_installations() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
@@ -152,6 +193,9 @@ fn main() {
     runtime.block_on(refresh_off_the_request_path());
     for n in [1, 100, 10_000] {
         runtime.block_on(cold_start(n));
+    }
+    for (n, lag) in [(200, 300), (1000, 300), (500, 3000)] {
+        runtime.block_on(burst_under_lag(n, Duration::from_millis(lag)));
     }
     drop(runtime);
     jwts_for_a_thousand_installations();

@@ -28,12 +28,37 @@ pub fn is_app_jwt_route(path: &str) -> bool {
     // or `/m` or ends with `installation`, in any case and with an optional trailing slash, unless dot segments
     // or percent-encodings change what the path means.
     let maybe = matches!(bytes.get(1), Some(b'a' | b'A' | b'm' | b'M')) || matches!(bytes.last(), Some(b'n' | b'N' | b'/'));
-    let unusual = memchr::memchr2(b'.', b'%', bytes).is_some();
+    let unusual = has_dot_or_percent(bytes);
     if !maybe && !unusual {
         return false;
     }
     let normalized = if unusual { normalize(path) } else { Cow::Borrowed(path) };
     classify(&normalized)
+}
+
+/// Whether `bytes` holds a `.` or a `%`, eight bytes at a time (no call, no dispatch: request paths are short).
+#[inline]
+fn has_dot_or_percent(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A zero byte in `x` sets its high bit here (exactly, for the first zero; others may be false positives
+    // only after a true one, which is enough for "any").
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let hit = |word: u64| has_zero(word ^ (ONES * u64::from(b'.'))) | has_zero(word ^ (ONES * u64::from(b'%'))) != 0;
+    let n = bytes.len();
+    if n < 8 {
+        return bytes.iter().any(|&b| b == b'.' || b == b'%');
+    }
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    // Whole words, then one last word that overlaps the one before: no byte-by-byte tail.
+    let mut at = 0;
+    while at + 8 < n {
+        if hit(word(at)) {
+            return true;
+        }
+        at += 8;
+    }
+    hit(word(n - 8))
 }
 
 /// Decodes percent-encoded unreserved characters and resolves dot segments (RFC 3986, sections 6.2.2.2 and
@@ -225,6 +250,23 @@ mod tests {
         ] {
             assert!(is_app_jwt_route(path), "{path}");
         }
+    }
+
+    #[test]
+    fn the_word_scan_finds_every_dot_and_percent() {
+        for n in 0..40 {
+            let clean: Vec<u8> = (0..n).map(|i| b"/abcxyz-_0"[i % 10]).collect();
+            assert!(!super::has_dot_or_percent(&clean), "{n}");
+            for i in 0..n {
+                for special in [b'.', b'%'] {
+                    let mut dirty = clean.clone();
+                    dirty[i] = special;
+                    assert!(super::has_dot_or_percent(&dirty), "{n} {i}");
+                }
+            }
+        }
+        // Bytes next to the searched ones (and 0x80 and up) are not mistaken for them.
+        assert!(!super::has_dot_or_percent("/-/$&,/\u{e9}\u{ff}/\u{2e2e}".as_bytes()));
     }
 
     #[test]
