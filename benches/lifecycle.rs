@@ -18,7 +18,6 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_github_app::testing::{Credential, FakeGitHub, MintFault, TokenState};
 use tower_github_app::{Installation, InstallationAuthLayer};
 
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

@@ -325,12 +325,13 @@ mod tests {
     /// words shorter than a whole-word check looks for.
     #[test]
     fn scrub_finds_secrets_inside_words() {
-        let signature: String = (0..342).map(|i| (b"AZaz09-_"[i % 8] as char)).collect();
+        let signature: String = (0..342).map(|i| b"AZaz09-_"[i % 8] as char).collect();
         let glued = format!("sig:{signature}");
         assert_eq!(scrub(&glued), "sig:[redacted]");
         let zero_width = "token ghs\u{200B}_16C7e42F292c6912E7710c838347Ae178B4a here";
         assert_eq!(scrub(zero_width), "token [redacted] here");
-        let split: Vec<String> = signature.as_bytes().chunks(31).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        let split: Vec<String> =
+            signature.as_bytes().chunks(31).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
         let scrubbed = scrub(&split.join(" "));
         assert!(!scrubbed.contains(&signature[..12]) && !scrubbed.contains(&signature[40..60]), "{scrubbed}");
         let short: Vec<String> = ["Ab3dEf9hIj2L", "Mn4pQr5tUv6X"].iter().map(|s| s.to_string()).collect();

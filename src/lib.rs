@@ -8,7 +8,8 @@
 //!
 //! # Rooms
 //! - [`app`]: App ids, private keys, App JWTs and the clock offset learned from GitHub.
-//! - [`installation`]: minting installation tokens, the token source and its refresher.
+//! - [`installation`]: minting installation tokens, the token source, its refresher and the watchdog thread that
+//!   keeps tokens honest when no runtime drives the refresher.
 //! - [`auth`]: the tower layer that stamps requests.
 //! - [`retry`]: the retry policy for credential refusals (replication lag, stale tokens, clock skew).
 //! - `testing` (feature `test-util`): a fake GitHub server to test against.
@@ -92,6 +93,11 @@ fn testing_key() -> &'static str {
     include_str!("testing/test-app-key.pem")
 }
 
+/// The README's snippets, compiled as doctests (and by `.ci/readme-check` with exactly its dependency lines).
+#[cfg(all(doctest, feature = "hyper-client", feature = "test-util"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use app::{AppId, AppJwt, AppJwtClaims, AppJwtUsed, GitHubApp, JwtSigner, PrivateKey};
 pub use auth::{InstallationAuth, InstallationAuthLayer};
 pub use error::{BoxError, Error, ErrorKind};
@@ -99,4 +105,4 @@ pub use installation::{
     ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken, InstallationTokenUsed,
     Repository, TokenScope,
 };
-pub use retry::{RetryGaveUp, RetryOn401Policy};
+pub use retry::{RetryBudget, RetryGaveUp, RetryOn401Policy};

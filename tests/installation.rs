@@ -70,7 +70,9 @@ async fn a_thousand_concurrent_requests_on_a_cold_start_cause_one_mint() {
     // Every response says which token it carried: all the same one.
     let serials: std::collections::BTreeSet<u64> = responses
         .iter()
-        .map(|r| r.as_ref().unwrap().extensions().get::<Option<InstallationTokenUsed>>().unwrap().as_ref().unwrap().serial())
+        .map(|r| {
+            r.as_ref().unwrap().extensions().get::<Option<InstallationTokenUsed>>().unwrap().as_ref().unwrap().serial()
+        })
         .collect();
     assert_eq!(serials.len(), 1);
 }

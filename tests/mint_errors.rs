@@ -255,7 +255,7 @@ async fn secrets_glued_to_punctuation_in_githubs_message_are_scrubbed() {
     let split: Vec<&str> = signature.as_bytes().chunks(31).map(|c| std::str::from_utf8(c).unwrap()).collect();
     for message in [
         format!("sig:{signature}"),
-        format!("bad token ghs\u{200B}_16C7e42F292c6912E7710c838347Ae178B4a"),
+        "bad token ghs\u{200B}_16C7e42F292c6912E7710c838347Ae178B4a".to_owned(),
         format!("parts {}", split.join(" ")),
     ] {
         let body = serde_json::json!({ "message": message }).to_string();

@@ -142,7 +142,10 @@ fn an_idle_runtime_owning_the_refresher_never_makes_a_request_carry_an_expired_t
     assert_eq!(states.len(), 50);
     let expired = states.iter().filter(|s| **s != TokenState::Valid).count();
     let stats = installation.stats();
-    println!("idle owner: 50 requests, {expired} with a token GitHub refused, {} mints, {stats:?}", github.mint_count());
+    println!(
+        "idle owner: 50 requests, {expired} with a token GitHub refused, {} mints, {stats:?}",
+        github.mint_count()
+    );
     assert_eq!(expired, 0, "{states:?}");
     assert!(github.mint_count() >= 3, "tokens were refreshed: {}", github.mint_count());
     assert!(stats.refresher_starts >= 2, "the refresher moved off the idle runtime: {stats:?}");

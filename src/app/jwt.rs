@@ -182,9 +182,12 @@ pub(super) struct JwtCache {
 struct CacheState {
     cached: Option<CachedJwt>,
     /// The signature in progress: its outcome arrives on this channel.
-    signing: Option<(u64, watch::Receiver<Option<Result<AppJwt, Error>>>)>,
+    signing: Option<(u64, watch::Receiver<Outcome>)>,
     next_signer: u64,
 }
+
+/// A signature's outcome, once there is one.
+type Outcome = Option<Result<AppJwt, Error>>;
 
 struct CachedJwt {
     jwt: AppJwt,
@@ -239,7 +242,7 @@ impl JwtCache {
 struct Signer<'a> {
     cache: &'a JwtCache,
     id: u64,
-    sender: watch::Sender<Option<Result<AppJwt, Error>>>,
+    sender: watch::Sender<Outcome>,
 }
 
 impl Signer<'_> {

@@ -6,18 +6,22 @@
 //! Per request with a usable token, the layer does an origin comparison, one relaxed atomic load (arc-swap's
 //! `Cache` over the token source's `ArcSwap`) and one clone of a prebuilt, sensitive `HeaderValue` (each service
 //! clone keeps its own copy, so threads do not contend): no lock, no allocation, no clock read, no formatting.
-//! The token source withdraws a token when its time for requests is over, so the layer needs no clock. `401` and
+//! The token source (or, when no runtime drives its refresher, its watchdog thread) withdraws a token when its
+//! time for requests is over, so the layer needs no clock. `401` and
 //! `403` responses get an [`InstallationTokenUsed`](crate::InstallationTokenUsed) extension for the retry policy;
 //! [`InstallationAuthLayer::token_used_on_every_response`] attaches it to every response.
 //!
-//! - Requests to the installation's API origin (scheme, host, port) get `Authorization: Bearer <token>`.
+//! - Requests to the installation's API origin (scheme, host, port; hosts without case and without a trailing
+//!   dot) and to its uploads origin ([`ApiBase::uploads`](crate::ApiBase::uploads), release assets) get
+//!   `Authorization: Bearer <token>`.
 //! - Requests to any other origin pass through untouched: a token is only ever sent to the host it was minted
 //!   for, so a redirect to another host, followed by `FollowRedirect` outside this layer, carries no token.
 //! - Requests to the routes GitHub authenticates with the App JWT ([`is_app_jwt_route`]: `/app/...`,
-//!   `/repos/{owner}/{repo}/installation`, ...) get `Authorization: Bearer <App JWT>` instead, and an
-//!   [`AppJwtUsed`](crate::AppJwtUsed) response extension.
+//!   `/repos/{owner}/{repo}/installation`, ..., read as a server resolves the path) get
+//!   `Authorization: Bearer <App JWT>` instead, and an [`AppJwtUsed`](crate::AppJwtUsed) response extension.
 //! - A request that already has an `Authorization` header keeps it.
-//! - A request without a host is refused with [`ErrorKind::InvalidRequest`](crate::ErrorKind::InvalidRequest).
+//! - A request without a host is refused with [`ErrorKind::InvalidRequest`](crate::ErrorKind::InvalidRequest):
+//!   URIs must be absolute (clients that send path-only URIs need a layer that sets the base URI first).
 //! - When no usable token can be had, the request fails with the token source's [`Error`](crate::Error); it is
 //!   never sent without credentials.
 //!

@@ -27,7 +27,8 @@ pub fn is_app_jwt_route(path: &str) -> bool {
     // Most requests are installation routes: decide those from a few bytes. Every App-JWT route starts with `/a`
     // or `/m` or ends with `installation`, in any case and with an optional trailing slash, unless dot segments
     // or percent-encodings change what the path means.
-    let maybe = matches!(bytes.get(1), Some(b'a' | b'A' | b'm' | b'M')) || matches!(bytes.last(), Some(b'n' | b'N' | b'/'));
+    let maybe =
+        matches!(bytes.get(1), Some(b'a' | b'A' | b'm' | b'M')) || matches!(bytes.last(), Some(b'n' | b'N' | b'/'));
     let unusual = has_dot_or_percent(bytes);
     if !maybe && !unusual {
         return false;

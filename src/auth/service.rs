@@ -17,8 +17,8 @@ use crate::app::AppJwtUsed;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::installation::api_base::Target;
 use crate::installation::source::Handle;
-use crate::installation::{ApiBase, Installation};
 use crate::installation::token::TokenEntry;
+use crate::installation::{ApiBase, Installation};
 
 /// Middleware that stamps requests with an installation token. See the [module docs](crate::auth).
 pub struct InstallationAuth<S> {

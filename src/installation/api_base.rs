@@ -128,9 +128,11 @@ impl ApiBase {
                 Some(port) => format!("{uploads_host}:{port}"),
                 None => uploads_host,
             };
-            Authority::try_from(authority.as_str())
-                .ok()
-                .map(|authority| Origin { scheme: scheme.clone(), authority, path: String::new() })
+            Authority::try_from(authority.as_str()).ok().map(|authority| Origin {
+                scheme: scheme.clone(),
+                authority,
+                path: String::new(),
+            })
         } else {
             Some(Origin { scheme: scheme.clone(), authority: authority.clone(), path: "/api/uploads".into() })
         };
@@ -173,8 +175,8 @@ impl ApiBase {
             return Target::NoHost;
         };
         // The hot path: requests built from the base carry its scheme and authority verbatim.
-        let verbatim =
-            uri.scheme() == Some(&self.scheme) && same_bytes(authority.as_str().as_bytes(), self.authority.as_str().as_bytes());
+        let verbatim = uri.scheme() == Some(&self.scheme)
+            && same_bytes(authority.as_str().as_bytes(), self.authority.as_str().as_bytes());
         if verbatim || same_origin(uri, &self.scheme, &self.authority) {
             let path = uri.path();
             if self.path.is_empty() {

@@ -1,8 +1,9 @@
 //! Installation tokens: minting them, and keeping one current per installation.
 //!
-//! Owns: the API base ([`ApiBase`]), the token request and the reading of GitHub's answer (`mint`), the token
-//! types ([`InstallationToken`], [`InstallationTokenUsed`]) and the token source ([`Installation`]) with its
-//! background refresher. It signs nothing itself (it asks the [`GitHubApp`]) and touches no user request (the
+//! Owns: the API base and uploads origin ([`ApiBase`]), the token request and the reading of GitHub's answer
+//! (`mint`), the token types ([`InstallationToken`], [`InstallationTokenUsed`]), what is known of a fresh token's
+//! replication (`replication`: the proof and the probe schedule the retry policy waits on), and the token source
+//! ([`Installation`]) with its background refresher and the watchdog thread. It signs nothing itself (it asks the [`GitHubApp`]) and touches no user request (the
 //! [`auth`](crate::auth) layer does).
 //!
 //! ```
@@ -58,7 +59,11 @@ use source::{Handle, Shared, Timing};
 ///   nothing waits.
 /// - The refresher replaces a token when about 10 minutes remain (configurable, jittered), keeps using the old
 ///   one for a few seconds while GitHub replicates the new one, retries a failed refresh with bounded exponential
-///   backoff while the old token still serves, and stops when the last handle is dropped. It starts lazily, on the first request, on the Tokio runtime that request runs on.
+///   backoff while the old token still serves, and stops when the last handle is dropped. It starts lazily, on
+///   the first request, on the Tokio runtime that request runs on (which needs timers enabled).
+/// - No runtime is trusted to keep running it: when that runtime shuts down or stops being driven, the next
+///   request on a live runtime restores the token and starts a new refresher there, without waiting; a
+///   process-wide watchdog thread withdraws tokens whose time is over meanwhile, so none is ever stamped past it.
 ///
 /// Wrap an HTTP service with [`InstallationAuthLayer`](crate::InstallationAuthLayer) to stamp requests with it,
 /// or call [`token`](Installation::token) for `git` and subprocesses.

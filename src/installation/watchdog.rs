@@ -177,9 +177,15 @@ mod tests {
         }
         assert_eq!(counter.checks.load(Ordering::Relaxed), 3, "checked at each deadline it asked for, then left");
         let id = registration.id;
-        registration.schedule(Arc::downgrade(&(counter.clone() as Arc<dyn Watched>)), Instant::now() + Duration::from_secs(3600));
+        registration.schedule(
+            Arc::downgrade(&(counter.clone() as Arc<dyn Watched>)),
+            Instant::now() + Duration::from_secs(3600),
+        );
         assert!(watchdog().unwrap().state.lock().unwrap().sources.contains_key(&id));
         drop(registration);
-        assert!(!watchdog().unwrap().state.lock().unwrap().sources.contains_key(&id), "a dropped registration leaves nothing");
+        assert!(
+            !watchdog().unwrap().state.lock().unwrap().sources.contains_key(&id),
+            "a dropped registration leaves nothing"
+        );
     }
 }

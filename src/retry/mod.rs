@@ -9,7 +9,7 @@
 //!
 //! | answer | token | what the policy does |
 //! |---|---|---|
-//! | `401` (or `403` for a scoped token) | younger than the lag window (10 s) | replication lag: wait with exponential backoff (from 250 ms, jittered) or until another request proves the token works, then retry with the same token; no re-mint |
+//! | `401` (or `403` for a scoped token) | younger than the lag window (10 s) | replication lag: the same token again, no re-mint. One request per step (from 250 ms, doubling to 1 s, jittered) probes GitHub whatever the budget says; every other refused request waits for that probe's answer and retries as soon as GitHub accepts the token. A token no probe got through for the whole window is replaced once |
 //! | `401` | older | stale or revoked: invalidate it (every request that saw it shares one new mint) and retry once |
 //! | `401` on an App-JWT route | — | clock skew: learn GitHub's clock from `Date`, retry once with a corrected JWT |
 //! | anything else: `2xx`, other `4xx`, `5xx`, `429`, transport errors | | passed through untouched |
@@ -18,10 +18,15 @@
 //! `Vec<u8>`. A streaming body is sent once and its `401` returned as is. To make one retryable, buffer it first
 //! (`http_body_util::BodyExt::collect(body).await?.to_bytes()` into a `Full<Bytes>`). Extensions survive retries.
 //!
-//! Retries are paid from a [`TpsBudget`](tower::retry::budget::TpsBudget) (by default tower's: 20 % of
-//! requests plus 10 per second over 10 s), so a GitHub that refuses everything does not get a retry storm. A
-//! retry after another request proved the token works is not speculative and is not charged. When the policy
-//! gives up on a refusal it could have retried, the response carries [`RetryGaveUp`] and a `WARN` event says why.
+//! Requests with other bodies can be retried with [`RetryOn401PolicyBuilder::clone_body_fn`].
+//!
+//! Re-mints and repeated refusals are paid from a [`RetryBudget`] (tower's `TpsBudget` arithmetic and defaults:
+//! 20 % of requests plus 10 per second over 10 s, deposited in batches), so a GitHub that refuses everything does
+//! not get a retry storm; any [`Budget`](tower::retry::budget::Budget) can replace it. Probes of a lagging token
+//! are not charged (there is one per step per token, however many requests wait), nor is a retry after another
+//! request proved the token works. Per-request state stays per request even when one `Retry` service serves
+//! every request (behind `Buffer`). When the policy gives up on a refusal it could have retried, the response
+//! carries [`RetryGaveUp`] and a `WARN` event says why.
 //!
 //! For `5xx` and `429`, stack a general retry policy of your own next to this one (outside it), with its own
 //! budget and `Retry-After` handling; this policy deliberately ignores them.

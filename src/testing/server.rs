@@ -600,7 +600,8 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>, uploads: b
         (&Method::GET, ["orgs" | "users", account, "installation"]) => {
             let account = (*account).to_owned();
             with_jwt(&s, authorization.as_deref(), |s, app| {
-                match s.installations.iter().find(|(_, i)| i.app_id == app && i.account.eq_ignore_ascii_case(&account)) {
+                match s.installations.iter().find(|(_, i)| i.app_id == app && i.account.eq_ignore_ascii_case(&account))
+                {
                     Some((id, i)) => ok(s, installation_json(s, *id, i)),
                     None => not_found(s),
                 }
