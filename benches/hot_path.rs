@@ -70,7 +70,7 @@ fn contention(c: &mut Criterion) {
 
 fn jwt_signing(c: &mut Criterion) {
     let app = tower_github_app::GitHubApp::from_pem(1, tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut group = c.benchmark_group("jwt");
     group.bench_function("sign", |b| {
         b.iter(|| runtime.block_on(app.sign_claims(black_box(AppJwtClaims { iat: 1, exp: 600 }))).unwrap())

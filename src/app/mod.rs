@@ -180,7 +180,9 @@ impl GitHubApp {
     /// An App JWT valid for at least 30 more seconds, reusing the last one when it still is.
     ///
     /// Signing costs about a millisecond; a JWT is signed at most once per [`GitHubApp::DEFAULT_JWT_LIFETIME`]
-    /// minus 30 s, however many installations mint tokens with it.
+    /// minus 30 s, however many installations mint tokens with it. Concurrent callers share one signature, and
+    /// waiting for it is bounded by [`sign_timeout`](Self::sign_timeout), so it needs a Tokio runtime with timers
+    /// (`enable_all` or `enable_time`).
     pub async fn jwt(&self) -> Result<AppJwt, Error> {
         self.inner.cache.get_or_sign(self).await
     }
