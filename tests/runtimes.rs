@@ -176,3 +176,43 @@ fn after_an_invalidation_token_does_not_wait_for_an_idle_runtime() {
     assert_eq!(endpoint.mints.load(std::sync::atomic::Ordering::Relaxed), 2);
     drop(idle);
 }
+
+/// The refresher failed a mint and its runtime then went idle: its backoff never ends there. Requests on another
+/// runtime fail fast at first (the last error), then, once the watchdog sees it overslept, start a refresher where
+/// they run and get a token, instead of failing on for good.
+#[test]
+fn a_failed_refresher_on_an_idle_runtime_does_not_fail_requests_for_good() {
+    let endpoint = TokenEndpoint::default();
+    endpoint.failures.store(1, std::sync::atomic::Ordering::Relaxed);
+    let app = tower_github_app::GitHubApp::from_pem(1, tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
+    let installation = Installation::builder(app, 7)
+        .api_base("http://127.0.0.1:9")
+        .refresh_backoff(Duration::from_millis(300), Duration::from_millis(300))
+        .build(endpoint.clone())
+        .unwrap();
+    let idle = current_thread();
+    let error = idle.block_on(installation.token()).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ServerError);
+
+    let source = installation.clone();
+    let outcome = within(Duration::from_secs(20), move || {
+        current_thread().block_on(async {
+            let started = tokio::time::Instant::now();
+            let mut failures = 0;
+            loop {
+                match source.token().await {
+                    Ok(_) => return (failures, started.elapsed()),
+                    Err(error) => {
+                        assert_eq!(error.kind(), ErrorKind::ServerError, "{error}");
+                        failures += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    });
+    let (failures, took) = outcome.expect("a token arrived instead of failing for good");
+    println!("failed refresher on an idle runtime: {failures} fast failures, then a token after {took:?}");
+    assert_eq!(endpoint.mints.load(std::sync::atomic::Ordering::Relaxed), 1);
+    drop(idle);
+}

@@ -434,13 +434,29 @@ impl Watched for Shared {
             (refresher.running, refresher.generation)
         };
         let wakes_by = epoch() + Duration::from_nanos(self.wakes_by.load(Ordering::Acquire));
-        if running && now >= wakes_by + OVERSLEEP && self.current.load().is_some() {
-            tracing::warn!(
-                installation = self.params.installation_id,
-                overslept = ?now.saturating_duration_since(wakes_by),
-                "the token refresher's runtime is not running it; the next request restarts it"
-            );
-            self.park(generation);
+        let mut running = running;
+        if running && now >= wakes_by + OVERSLEEP {
+            // Retire it as if its runtime had shut down (it exits if it ever runs again): its token is parked
+            // for the next request to restore, and a stale `Failed` status (its backoff will never end) gives
+            // way to `Stopped`, so requests start a refresher where they run instead of failing on.
+            let retired = {
+                let mut refresher = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
+                let retire = refresher.running && refresher.generation == generation;
+                if retire {
+                    refresher.running = false;
+                }
+                retire
+            };
+            if retired {
+                tracing::warn!(
+                    installation = self.params.installation_id,
+                    overslept = ?now.saturating_duration_since(wakes_by),
+                    "the token refresher's runtime is not running it; the next request restarts it"
+                );
+                self.park(generation);
+                self.status.send_replace(Status::Stopped);
+                running = false;
+            }
         }
         let mut next: Option<std::time::Instant> = None;
         let mut consider = |at: std::time::Instant| next = Some(next.map_or(at, |n| n.min(at)));

@@ -35,6 +35,8 @@ pub fn read(path: &str) -> String {
 #[derive(Clone, Default)]
 pub struct TokenEndpoint {
     pub mints: Arc<AtomicU64>,
+    /// How many of the next token requests to answer `502` instead.
+    pub failures: Arc<AtomicU64>,
 }
 
 impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
@@ -48,8 +50,16 @@ impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
 
     fn call(&mut self, _request: Request<Full<Bytes>>) -> Self::Future {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
-        self.mints.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
+        if self.failures.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            let response = Response::builder()
+                .status(502)
+                .header("date", httpdate::fmt_http_date(now))
+                .body(Full::new(Bytes::from_static(br#"{"message":"Server Error"}"#)))
+                .unwrap();
+            return std::future::ready(Ok(response));
+        }
+        self.mints.fetch_add(1, Ordering::Relaxed);
         let body = format!(
             r#"{{"token":"ghs_{:036}","expires_at":"{}"}}"#,
             SERIAL.fetch_add(1, Ordering::Relaxed),
