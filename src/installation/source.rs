@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::mint::{MintClient, MintParams, Minted, mint_once};
 use super::token::TokenEntry;
-use super::watchdog::{Registration, Watched};
+use super::watchdog::{self, Registration, Watched};
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind};
 
@@ -89,8 +89,8 @@ impl Timing {
 enum Status {
     /// No attempt has finished since the refresher started.
     Idle,
-    /// An attempt is under way; it ends (with a token or an error) by `until`.
-    Minting { until: Instant },
+    /// An attempt is under way.
+    Minting,
     /// The last attempt succeeded.
     Ready,
     /// The last attempt failed; the refresher waits out its backoff.
@@ -132,6 +132,8 @@ struct Refresher {
     running: bool,
     /// Wakes the live refresher (each generation has its own, so a replaced one cannot swallow a wake-up).
     wake: Arc<Notify>,
+    /// The runtime it was spawned on, to ask whether that runtime still runs tasks.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// How a refresher is started.
@@ -157,6 +159,12 @@ pub(crate) struct Shared {
     /// A usable token taken from requests because its refresher stopped or stalled, with that refresher's
     /// generation. The next request that needs a token restores it and starts a refresher on its own runtime.
     parked: Mutex<Option<(Arc<TokenEntry>, u64)>>,
+    /// A token minted and waiting out its replication grace before it is published: if its refresher stops
+    /// meanwhile, this one is parked (not the older current one), so the mint is not wasted.
+    pending: Mutex<Option<Arc<TokenEntry>>>,
+    /// The lifetime of the last token received, in milliseconds (0 before the first): `token_valid_for` asks
+    /// for longer are refused without minting.
+    lifetime_ms: AtomicU64,
     status: watch::Sender<Status>,
     refresher: Mutex<Refresher>,
     /// When the live refresher will next wake at the latest, on the real clock (nanoseconds after `EPOCH`).
@@ -192,7 +200,14 @@ impl Shared {
             previous: ArcSwapOption::empty(),
             parked: Mutex::new(None),
             status: watch::Sender::new(Status::Idle),
-            refresher: Mutex::new(Refresher { generation: 0, running: false, wake: Arc::new(Notify::new()) }),
+            refresher: Mutex::new(Refresher {
+                generation: 0,
+                running: false,
+                wake: Arc::new(Notify::new()),
+                runtime: None,
+            }),
+            pending: Mutex::new(None),
+            lifetime_ms: AtomicU64::new(0),
             wakes_by: AtomicU64::new(u64::MAX),
             wanted: Mutex::new(None),
             counters: Counters::default(),
@@ -270,8 +285,29 @@ impl Shared {
     /// Takes the current token from requests because the refresher of `generation` stopped or stalled; the next
     /// request that needs a token restores it and starts a new refresher.
     fn park(&self, generation: u64) {
-        if let Some(token) = self.take_current_if(|_| true) {
+        let current = self.take_current_if(|_| true);
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // The newest token there is: one minted and still in its replication grace beats the current one.
+        if let Some(token) = pending.or(current) {
             *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some((token, generation));
+        }
+    }
+
+    /// Takes a token minted by a refresher that was replaced meanwhile, if it is newer than what there is, so
+    /// its mint is not wasted.
+    fn adopt(&self, token: Arc<TokenEntry>) {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((older, _)) = parked.as_mut() {
+            if older.expires < token.expires {
+                *older = token;
+            }
+            return;
+        }
+        drop(parked);
+        let newer = |current: &Option<Arc<TokenEntry>>| current.as_ref().is_none_or(|c| c.expires < token.expires);
+        if newer(&self.current.load()) {
+            self.replace_current(Some(Arc::clone(&token)));
+            self.status.send_replace(Status::Ready);
         }
     }
 
@@ -339,9 +375,54 @@ impl Shared {
         self.refresher.lock().unwrap_or_else(|e| e.into_inner()).generation
     }
 
+    /// Whether the refresher of `generation` should go on. One the watchdog retired for oversleeping (its runtime
+    /// was busy or idle) takes itself back when it runs again, unless a newer one was started meanwhile: running
+    /// proves its runtime runs.
     fn is_live(&self, generation: u64) -> bool {
-        let refresher = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
-        refresher.running && refresher.generation == generation
+        let mut refresher = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
+        if refresher.generation != generation {
+            return false;
+        }
+        if !refresher.running {
+            refresher.running = true;
+            drop(refresher);
+            tracing::info!(installation = self.params.installation_id, "the token refresher's runtime runs again");
+            // Its token, if nobody restored it meanwhile, serves again.
+            let restored = {
+                let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+                match parked.take() {
+                    Some((token, g)) if g == generation => Some(token),
+                    other => {
+                        *parked = other;
+                        None
+                    }
+                }
+            };
+            if let Some(token) = restored {
+                let _ = self.current.compare_and_swap(&None::<Arc<TokenEntry>>, Some(token));
+            }
+            if matches!(*self.status.borrow(), Status::Stopped) {
+                self.status.send_replace(Status::Ready);
+            }
+        }
+        true
+    }
+
+    /// Whether the runtime that runs the refresher still runs tasks: a probe spawned there must run within
+    /// [`ACK_PATIENCE`]. Measured on the real clock, so it works from any runtime.
+    async fn refresher_runtime_runs(&self) -> bool {
+        let runtime = self.refresher.lock().unwrap_or_else(|e| e.into_inner()).runtime.clone();
+        let Some(runtime) = runtime else {
+            return false;
+        };
+        let (ran, probe) = tokio::sync::oneshot::channel::<()>();
+        drop(runtime.spawn(async move {
+            let _ = ran.send(());
+        }));
+        tokio::select! {
+            answered = probe => answered.is_ok(),
+            _ = watchdog::sleep(ACK_PATIENCE) => false,
+        }
     }
 
     fn wake_refresher(&self) {
@@ -382,6 +463,7 @@ impl Shared {
             refresher.generation += 1;
             refresher.running = true;
             refresher.wake = Arc::new(Notify::new());
+            refresher.runtime = Some(runtime.clone());
             (refresher.generation, Arc::clone(&refresher.wake))
         };
         self.counters.refresher_starts.fetch_add(1, Ordering::Relaxed);
@@ -392,14 +474,20 @@ impl Shared {
                 "the token refresher's runtime is not running it; starting a new refresher on this runtime"
             );
         }
-        if matches!(*self.status.borrow(), Status::Stopped | Status::Minting { .. }) {
+        if matches!(*self.status.borrow(), Status::Stopped | Status::Minting) {
             self.status.send_replace(Status::Idle);
         }
         self.heartbeat(Instant::now() + ACK_PATIENCE);
         // The guard is part of the future from here on: dropped unpolled (a runtime shutting down), it still
         // marks this refresher stopped.
         let guard = RunningGuard { shared: Arc::clone(self), generation };
-        runtime.spawn(refresh(guard, shutdown.subscribe(), wake));
+        drop(runtime.spawn(refresh(guard, shutdown.subscribe(), wake)));
+        // A runtime that is shutting down drops the task at once, and its guard marks it stopped before `spawn`
+        // returns: this request runs on a runtime that cannot run anything.
+        let refresher = self.refresher.lock().unwrap_or_else(|e| e.into_inner());
+        if refresher.generation == generation && !refresher.running {
+            return Err(stopped());
+        }
         Ok(())
     }
 }
@@ -486,12 +574,21 @@ impl Handle {
     }
 
     /// The slow path: no usable token. Waits for the refresher's next outcome; fails fast while a failed
-    /// mint's backoff runs, so a broken token endpoint never makes requests hang.
+    /// mint's backoff runs, so a broken token endpoint never makes requests hang. Never depends on a runtime
+    /// other than the caller's: a refresher that does not answer (its runtime idle or gone) is replaced by one
+    /// started here, and the patience is measured on the real clock.
     pub(crate) async fn acquire(&self, validity: Option<Duration>) -> Result<Arc<TokenEntry>, Error> {
         let shared = &self.shared;
+        if let Some(validity) = validity {
+            let lifetime = Duration::from_millis(shared.lifetime_ms.load(Ordering::Relaxed));
+            if !lifetime.is_zero() && validity >= lifetime {
+                return Err(too_long(validity, lifetime, shared.params.installation_id));
+            }
+        }
         let mut status = shared.status.subscribe();
-        let mut asked = false;
-        let mut restarted = false;
+        // The serial of the current token when this call asked for a new one: a `Ready` with the same token is
+        // not an answer (a restored token, or a token that was already there).
+        let mut asked: Option<Option<u64>> = None;
         loop {
             // Status first, then the token: the refresher stores a token before it announces it, so every
             // token announced up to the status just read is visible below.
@@ -502,31 +599,23 @@ impl Handle {
             if let Some(token) = self.unpark(validity)? {
                 return Ok(token);
             }
+            let current_serial = shared.current.load().as_ref().map(|t| t.serial);
             match &seen {
                 Status::Failed(error) => return Err(error.clone()),
-                Status::Stopped if asked => {
-                    // The refresher's runtime shut down while we waited: start one here, once.
-                    if restarted {
-                        return Err(stopped());
-                    }
-                    restarted = true;
+                Status::Stopped if asked.is_some() => {
+                    // The refresher's runtime shut down or stopped running it while we waited: start one here
+                    // (an error if this runtime cannot run one either).
                     shared.start(Start::IfStopped, &self.shutdown)?;
                     shared.wake_refresher();
                 }
-                Status::Ready if asked && shared.current.load().is_some() => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidRequest,
-                        format!(
-                            "a token valid for {validity:?} was asked for, but GitHub's tokens for installation {} \
-                             live shorter than that: ask for less",
-                            shared.params.installation_id
-                        ),
-                    ));
+                Status::Ready if current_serial.is_some() && asked.is_some_and(|s| s != current_serial) => {
+                    let lifetime = Duration::from_millis(shared.lifetime_ms.load(Ordering::Relaxed));
+                    return Err(too_long(validity.unwrap_or_default(), lifetime, shared.params.installation_id));
                 }
                 _ => {}
             }
-            if !asked {
-                asked = true;
+            if asked.is_none() {
+                asked = Some(current_serial);
                 shared.start(Start::IfStopped, &self.shutdown)?;
                 if let Some(validity) = validity {
                     let mut wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner());
@@ -535,14 +624,14 @@ impl Handle {
                 shared.counters.waited_requests.fetch_add(1, Ordering::Relaxed);
                 shared.wake_refresher();
             }
-            // Bounded: a refresher whose runtime does not run it never answers, and then we start our own.
+            // Bounded: a refresher whose runtime does not run it never answers; then we start our own.
             let generation = shared.generation();
-            let patience = match &seen {
-                Status::Minting { until } => until.saturating_duration_since(Instant::now()) + ACK_PATIENCE,
-                _ => ACK_PATIENCE,
-            };
             // The sender lives in `shared`, which this future holds: `changed` cannot fail.
-            if tokio::time::timeout(patience, status.changed()).await.is_err() {
+            let answered = tokio::select! {
+                _ = status.changed() => true,
+                _ = watchdog::sleep(ACK_PATIENCE) => false,
+            };
+            if !answered && !shared.refresher_runtime_runs().await {
                 shared.start(Start::Replacing(generation), &self.shutdown)?;
                 shared.wake_refresher();
             }
@@ -561,6 +650,7 @@ impl Handle {
                 return Ok(None);
             }
             if let Err(error) = shared.start(Start::Replacing(generation), &self.shutdown) {
+                // This runtime cannot run a refresher: leave the token for one that can.
                 *parked = Some((token, generation));
                 return Err(error);
             }
@@ -580,6 +670,16 @@ impl Handle {
         shared.status.send_replace(Status::Ready);
         Ok(is_valid(&token, Instant::now(), validity).then_some(token))
     }
+}
+
+fn too_long(validity: Duration, lifetime: Duration, installation: u64) -> Error {
+    Error::new(
+        ErrorKind::InvalidRequest,
+        format!(
+            "a token valid for {validity:?} was asked for, but GitHub's tokens for installation {installation} live \
+             {lifetime:?}: ask for less"
+        ),
+    )
 }
 
 fn stopped() -> Error {
@@ -643,20 +743,25 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
         }
         let until = now + shared.mint_budget();
         shared.heartbeat(until);
-        shared.status.send_replace(Status::Minting { until });
+        shared.status.send_replace(Status::Minting);
         let outcome = tokio::select! {
             biased;
             _ = shutdown.changed() => return,
             outcome = shared.mint() => outcome,
         };
         if !shared.is_live(generation) {
-            tracing::debug!(installation, generation, "a replaced token refresher drops its mint's outcome");
+            // Replaced while minting (its runtime stalled): hand the token over rather than waste the mint.
+            if let Ok(token) = outcome {
+                shared.counters.mints.fetch_add(1, Ordering::Relaxed);
+                shared.adopt(token.share());
+            }
             return;
         }
         match outcome {
             Ok(token) => {
                 failures = 0;
                 retry_at = None;
+                shared.counters.mints.fetch_add(1, Ordering::Relaxed);
                 let wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner()).take();
                 // A scheduled refresh while the old token still serves: keep stamping the old one while GitHub
                 // replicates the new one, so requests never meet a token GitHub may not know yet. Anyone who
@@ -665,7 +770,11 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                 let grace = shared.timing.replication_grace.min(lifetime / 10);
                 let old_serves =
                     shared.current.load().as_ref().is_some_and(|old| Instant::now() + grace < old.usable_until);
+                shared.lifetime_ms.store(lifetime.as_millis().max(1) as u64, Ordering::Relaxed);
+                let token = token.share();
                 if wanted.is_none() && old_serves && !grace.is_zero() {
+                    // Kept where a stop (runtime shut down, watchdog) finds it, so the mint is never wasted.
+                    *shared.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&token));
                     shared.heartbeat(Instant::now() + grace);
                     tokio::select! {
                         biased;
@@ -673,8 +782,17 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                         _ = wake.notified() => {}
                         _ = tokio::time::sleep(grace) => {}
                     }
+                    let pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
                     if !shared.is_live(generation) {
+                        if let Some(token) = pending {
+                            shared.adopt(token);
+                        }
                         return;
+                    }
+                    if pending.is_none() {
+                        // The watchdog parked it meanwhile, and this refresher, running again, took it back.
+                        shared.status.send_replace(Status::Ready);
+                        continue;
                     }
                 }
                 tracing::debug!(
@@ -683,8 +801,7 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                     expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
                     "installation token minted"
                 );
-                shared.replace_current(Some(token.share()));
-                shared.counters.mints.fetch_add(1, Ordering::Relaxed);
+                shared.replace_current(Some(token));
                 shared.status.send_replace(Status::Ready);
             }
             Err(error) => {

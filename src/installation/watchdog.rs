@@ -6,12 +6,19 @@
 //! [`Watched::check`], which withdraws tokens whose time for requests is over and parks tokens whose refresher
 //! overslept, so that the request path itself never reads a clock. It never mints: it only takes tokens away, and
 //! the next request (on a runtime that runs) starts a new refresher.
+//!
+//! It is also a timer on the real clock ([`sleep`]) for code that must not depend on the caller's runtime: a
+//! request that waits for a refresher on another runtime bounds its patience with it, so it neither needs its own
+//! runtime's timers nor panics when that runtime is shutting down.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Something with deadlines on the real clock: a token source.
 pub(crate) trait Watched: Send + Sync {
@@ -34,6 +41,8 @@ struct Watchdog {
 struct State {
     queue: BTreeSet<(Instant, u64)>,
     sources: HashMap<u64, (Instant, Weak<dyn Watched>)>,
+    /// Sleeping futures: woken at their deadline.
+    timers: std::collections::BTreeMap<(Instant, u64), Waker>,
 }
 
 static WATCHDOG: OnceLock<Option<Watchdog>> = OnceLock::new();
@@ -114,6 +123,12 @@ fn run() {
         let now = Instant::now();
         let (due, next) = {
             let mut state = watchdog.state.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(entry) = state.timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                entry.remove().wake();
+            }
             let mut due = Vec::new();
             while let Some(&(at, id)) = state.queue.first() {
                 if at > now {
@@ -124,7 +139,9 @@ fn run() {
                     due.push((id, source));
                 }
             }
-            (due, state.queue.first().map(|(at, _)| *at))
+            let next_timer = state.timers.first_key_value().map(|((at, _), _)| *at);
+            let next_check = state.queue.first().map(|(at, _)| *at);
+            (due, next_timer.into_iter().chain(next_check).min())
         };
         // Checked without the lock: a check may drop the last handle of a source, whose registration then
         // takes the lock to remove itself.
@@ -139,6 +156,63 @@ fn run() {
         match next {
             Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
             None => std::thread::park(),
+        }
+    }
+}
+
+/// A future that completes at `now + duration` on the real clock, woken by the watchdog thread: it needs no
+/// Tokio timer, so it works on any runtime, even one that is shutting down. Without the watchdog thread (it could
+/// not be started), it falls back to Tokio's timer.
+pub(crate) fn sleep(duration: Duration) -> Sleep {
+    Sleep {
+        deadline: Instant::now() + duration,
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        registered: false,
+        fallback: None,
+    }
+}
+
+/// See [`sleep`].
+#[derive(Debug)]
+pub(crate) struct Sleep {
+    deadline: Instant,
+    id: u64,
+    registered: bool,
+    fallback: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        let Some(watchdog) = watchdog() else {
+            // No watchdog thread: Tokio's timer it is (fine on a live runtime with timers).
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            return self.fallback.get_or_insert_with(|| Box::pin(tokio::time::sleep(remaining))).as_mut().poll(cx);
+        };
+        let key = (self.deadline, self.id);
+        let mut state = watchdog.state.lock().unwrap_or_else(|e| e.into_inner());
+        let earliest = state.timers.first_key_value().map(|(k, _)| k.0);
+        let earliest_check = state.queue.first().map(|(at, _)| *at);
+        state.timers.insert(key, cx.waker().clone());
+        drop(state);
+        self.registered = true;
+        if earliest.into_iter().chain(earliest_check).min().is_none_or(|at| self.deadline < at) {
+            watchdog.thread.unpark();
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if self.registered
+            && let Some(Some(watchdog)) = WATCHDOG.get()
+        {
+            watchdog.state.lock().unwrap_or_else(|e| e.into_inner()).timers.remove(&(self.deadline, self.id));
         }
     }
 }
@@ -161,6 +235,22 @@ mod tests {
             let n = self.checks.fetch_add(1, Ordering::Relaxed) + 1;
             (n < self.times).then_some(now + self.every)
         }
+    }
+
+    #[test]
+    fn sleeps_on_the_real_clock_without_a_runtime_timer() {
+        // A runtime without timers: Tokio's sleep would panic here.
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let started = Instant::now();
+        runtime.block_on(sleep(Duration::from_millis(30)));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        // Dropped before its deadline, a sleep leaves nothing registered.
+        let mut early = Box::pin(sleep(Duration::from_secs(3600)));
+        let waker = std::task::Waker::noop();
+        assert!(early.as_mut().poll(&mut Context::from_waker(waker)).is_pending());
+        let key = (early.deadline, early.id);
+        drop(early);
+        assert!(!watchdog().unwrap().state.lock().unwrap().timers.contains_key(&key));
     }
 
     #[test]
