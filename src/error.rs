@@ -192,7 +192,8 @@ impl fmt::Debug for Error {
             d.field("clock_offset", &offset);
         }
         if let Some(source) = &self.inner.source {
-            d.field("source", source);
+            // Sources come from user code (signers) and clients: shown scrubbed, like GitHub's messages.
+            d.field("source", &format_args!("{:?}", scrub(&source.to_string())));
         }
         d.finish()
     }

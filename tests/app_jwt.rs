@@ -227,3 +227,44 @@ async fn a_caller_cancelled_while_signing_hands_over_to_the_next() {
     assert!(second.is_ok(), "{second:?}");
     assert_eq!(signer.calls.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+/// A signer that panics (a bug in a KMS client) costs a typed `Signing` error, not a dead refresher reported as
+/// a runtime shutting down, and not a panic in the caller's task.
+#[derive(Clone, Default)]
+struct PanicsOnce {
+    calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl tower_github_app::JwtSigner for PanicsOnce {
+    fn sign<'a>(
+        &'a self,
+        message: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, tower_github_app::BoxError>> + Send + 'a>>
+    {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            if call == 0 {
+                panic!("a bug in the KMS client");
+            }
+            Ok(PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY)?.sign_rs256(message)?)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_signer_is_a_signing_error() {
+    use tower_github_app::{Installation, testing::FakeGitHub};
+    let github = FakeGitHub::start().await;
+    let app = GitHubApp::builder(FakeGitHub::APP_ID).signer(PanicsOnce::default()).build().unwrap();
+    let installation = Installation::builder(app.clone(), FakeGitHub::INSTALLATION_ID)
+        .api_base(&github.api_base())
+        .refresh_backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .build(github.client())
+        .unwrap();
+    let error = installation.token().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Signing, "{error}");
+    assert!(error.to_string().contains("panicked"), "{error}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(installation.token().await.is_ok(), "the refresher lived on and the next signature worked");
+    assert_eq!(installation.stats().refresher_starts, 1);
+}

@@ -383,3 +383,100 @@ async fn a_cold_start_burst_under_replication_lag_ends_within_a_probe_step_of_th
         assert!(refused <= n + 12, "{refused} refused attempts for {n} requests");
     }
 }
+
+/// Found by review: a lone request under a lag of 5 to 9 s gave up after about 5 s and forced a re-mint. It now
+/// probes through the whole 10 s window, on the same token.
+#[tokio::test(start_paused = true)]
+async fn a_lone_request_waits_out_a_lag_of_most_of_the_window_on_one_token() {
+    for lag in [3u64, 6, 9] {
+        let github = FakeGitHub::builder().replication_lag(Duration::from_secs(lag)).start().await;
+        let installation = installation_for(&github, github.client());
+        let service = ServiceBuilder::new()
+            .layer(RetryLayer::new(RetryOn401Policy::default()))
+            .layer(InstallationAuthLayer::new(installation))
+            .service(github.client());
+        let started = tokio::time::Instant::now();
+        let response = service.oneshot(get(&format!("{}/repos/octo-org/octo-repo", github.api_base()))).await.unwrap();
+        assert_eq!(response.status(), 200, "lag {lag} s");
+        assert_eq!(github.mint_count(), 1, "lag {lag} s: no re-mint inside the window");
+        assert!(started.elapsed() <= Duration::from_secs(lag + 1), "lag {lag} s: {:?}", started.elapsed());
+    }
+}
+
+/// A `403` on a scoped token GitHub has accepted before is about permissions: returned at once. One on a fresh
+/// scoped token that never turns into a `200` is given up on at the end of the lag window, and says so.
+#[tokio::test(start_paused = true)]
+async fn a_403_on_a_scoped_token_is_retried_only_while_it_may_be_lag() {
+    use tower::Layer;
+    use tower_github_app::TokenScope;
+    let github = FakeGitHub::start().await;
+    let scoped = || {
+        Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+            .api_base(&github.api_base())
+            .scope(TokenScope::new().repositories(["octo-repo"]))
+            .build(github.client())
+            .unwrap()
+    };
+    // A stand-in API that answers 403 to everything, as GitHub does to a scope that lacks a permission.
+    let forbidden = |calls: Arc<AtomicU64>| {
+        tower::service_fn(move |_request: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, Infallible>(Response::builder().status(403).body(String::new()).unwrap()) }
+        })
+    };
+    let url = format!("{}/repos/octo-org/octo-repo/issues", github.api_base());
+
+    // A fresh token: the 403 may be lag, so it is probed through the window, then given up on, visibly.
+    let calls = Arc::new(AtomicU64::new(0));
+    let fresh = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryOn401Policy::default()))
+        .layer(InstallationAuthLayer::new(scoped()))
+        .service(forbidden(calls.clone()));
+    let started = tokio::time::Instant::now();
+    let response = fresh.oneshot(get(&url)).await.unwrap();
+    assert_eq!(response.status(), 403);
+    let gave_up = response.extensions().get::<RetryGaveUp>().expect("the policy says it gave up").clone();
+    let (n, took) = (calls.load(Ordering::Relaxed), started.elapsed());
+    println!("fresh scoped token, lasting 403: {n} calls, returned after {took:?}: {gave_up:?}");
+    assert!(took <= Duration::from_secs(11), "{took:?}");
+
+    // Proven by a 200: the next 403 is an answer, not lag.
+    let installation = scoped();
+    let ok = InstallationAuthLayer::new(installation.clone()).layer(github.client());
+    let response = ok.oneshot(get(&format!("{}/repos/octo-org/octo-repo", github.api_base()))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let calls = Arc::new(AtomicU64::new(0));
+    let proven = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryOn401Policy::default()))
+        .layer(InstallationAuthLayer::new(installation))
+        .service(forbidden(calls.clone()));
+    let response = proven.oneshot(get(&url)).await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(calls.load(Ordering::Relaxed), 1, "a 403 on a proven token is not retried");
+}
+
+/// Found by review: with the retry budget exhausted, a revoked token was never invalidated, so every later
+/// request met it too. Now the token is replaced whether or not the budget pays for this request's retry.
+#[tokio::test(start_paused = true)]
+async fn an_exhausted_budget_still_replaces_a_revoked_token() {
+    use tower::Layer;
+    let github = FakeGitHub::start().await;
+    let installation = installation_for(&github, github.client());
+    let url = format!("{}/installation/repositories", github.api_base());
+    InstallationAuthLayer::new(installation.clone()).layer(github.client()).oneshot(get(&url)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    github.revoke_all_tokens();
+    let service = ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryOn401Policy::builder().budget(TpsBudget::new(Duration::from_secs(1), 0, 0.0)).build(),
+        ))
+        .layer(InstallationAuthLayer::new(installation.clone()))
+        .service(github.client());
+    let refused = service.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.extensions().get::<RetryGaveUp>().unwrap().reason, "retry budget exhausted");
+    assert_eq!(installation.stats().invalidations, 1);
+    let next = service.oneshot(get(&url)).await.unwrap();
+    assert_eq!(next.status(), 200, "the next request has the new token");
+    assert_eq!(github.mint_count(), 2);
+}

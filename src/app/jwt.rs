@@ -153,17 +153,50 @@ pub(super) async fn sign(
     jwt.push_str(HEADER_B64);
     jwt.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut jwt);
-    let signature = signer.sign(jwt.as_bytes()).await.map_err(|e| {
-        Error::build(ErrorKind::Signing, "the JWT signer failed; check the signer (KMS/HSM) configuration and access")
+    let signature = match (CatchUnwind { future: signer.sign(jwt.as_bytes()) }).await {
+        Ok(signature) => signature.map_err(|e| {
+            Error::build(
+                ErrorKind::Signing,
+                "the JWT signer failed; check the signer (KMS/HSM) configuration and access",
+            )
             .source(e)
             .finish()
-    })?;
+        })?,
+        Err(()) => {
+            return Err(Error::new(
+                ErrorKind::Signing,
+                "the JWT signer panicked; it is a bug in the signer (KMS/HSM client), and the next request that needs \
+                 a JWT calls it again",
+            ));
+        }
+    };
     jwt.push('.');
     URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
     let mut authorization = HeaderValue::try_from(format!("Bearer {jwt}"))
         .map_err(|_| Error::new(ErrorKind::Signing, "the signed JWT is not a valid header value"))?;
     authorization.set_sensitive(true);
     Ok(AppJwt { authorization, claims, offset })
+}
+
+pin_project_lite::pin_project! {
+    /// Turns a panic inside a user's signer into an error: the signer is user code, and a panic in it must not
+    /// take the refresher (or a request) down with it.
+    struct CatchUnwind<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let future = self.project().future;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
 }
 
 /// How long before its `exp` a cached JWT stops being handed out: the mint request must reach GitHub in time.

@@ -58,5 +58,6 @@ mod service;
 
 pub use future::ResponseFuture;
 pub use layer::InstallationAuthLayer;
+pub(crate) use routes::is_app_jwt_request;
 pub use routes::is_app_jwt_route;
 pub use service::InstallationAuth;

@@ -37,6 +37,25 @@ pub fn is_app_jwt_route(path: &str) -> bool {
     classify(&normalized)
 }
 
+/// Whether a request to `path` (its whole URI path) on an API served under `prefix` (`/api/v3` on GitHub
+/// Enterprise Server, empty on github.com) goes to an App-JWT route. The whole path is resolved first, as the
+/// server resolves it, then the prefix is stripped: `/api/v3/../v3/app` is `/app`, and `/api/v3/x/../../app`
+/// (which is `/api/app`) is no API route at all.
+#[inline]
+pub(crate) fn is_app_jwt_request(path: &str, prefix: &str) -> bool {
+    if prefix.is_empty() {
+        return is_app_jwt_route(path);
+    }
+    fn under<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+        path.strip_prefix(prefix).filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+    if has_dot_or_percent(path.as_bytes()) {
+        let resolved = normalize(path);
+        return under(&resolved, prefix).is_some_and(is_app_jwt_route);
+    }
+    under(path, prefix).is_some_and(is_app_jwt_route)
+}
+
 /// Whether `bytes` holds a `.` or a `%`, eight bytes at a time (no call, no dispatch: request paths are short).
 #[inline]
 fn has_dot_or_percent(bytes: &[u8]) -> bool {
@@ -251,6 +270,24 @@ mod tests {
         ] {
             assert!(is_app_jwt_route(path), "{path}");
         }
+    }
+
+    #[test]
+    fn under_a_prefix_the_whole_path_is_resolved_first() {
+        use super::is_app_jwt_request;
+        for (path, jwt) in [
+            ("/api/v3/app", true),
+            ("/api/v3/../v3/app", true),
+            ("/api/v3/%2e%2e/v3/app", true),
+            ("/api/v3/x/../../app", false),
+            ("/api/v3/repos/o/r", false),
+            ("/api/v3x/app", false),
+            ("/app", false),
+            ("/api/v3/orgs/../installation", false),
+        ] {
+            assert_eq!(is_app_jwt_request(path, "/api/v3"), jwt, "{path}");
+        }
+        assert!(is_app_jwt_request("/app", ""));
     }
 
     #[test]

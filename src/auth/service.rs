@@ -12,7 +12,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::Stamp;
-use super::{InstallationAuthLayer, ResponseFuture, is_app_jwt_route};
+use super::{InstallationAuthLayer, ResponseFuture, is_app_jwt_request};
 use crate::app::AppJwtUsed;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::installation::api_base::Target;
@@ -105,8 +105,9 @@ where
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let shared = &self.installation.handle.shared;
-        let app_jwt_route = match shared.params.api_base.target(request.uri()) {
-            Target::Api(path) => is_app_jwt_route(path),
+        let api_base = &shared.params.api_base;
+        let app_jwt_route = match api_base.target(request.uri()) {
+            Target::Api => is_app_jwt_request(request.uri().path(), api_base.path()),
             // Release assets take the installation token, never the App JWT.
             Target::Uploads => false,
             // Another origin: never send it this installation's token.

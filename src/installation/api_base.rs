@@ -49,9 +49,9 @@ struct Origin {
 
 /// Where a request goes, as far as a token of this API may follow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Target<'a> {
-    /// The REST API; the path after the API's prefix (`/repos/o/r`; empty when the path is outside the prefix).
-    Api(&'a str),
+pub(crate) enum Target {
+    /// The REST API's origin.
+    Api,
     /// The API's uploads origin (release assets): the installation token, never the App JWT.
     Uploads,
     /// Another origin: no token.
@@ -78,24 +78,28 @@ impl ApiBase {
     /// Parses and checks a base URL.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let url = url.trim();
-        let uri: Uri = url.parse().map_err(|_| config(format!("the API base URL {url:?} is not a valid URL")))?;
+        // Messages show the URL scrubbed: one with user info may carry a token (`https://x:ghs_…@host`).
+        let shown = crate::error::scrub(url);
+        let uri: Uri = url.parse().map_err(|_| config(format!("the API base URL {shown:?} is not a valid URL")))?;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(config(format!(
-                "the API base URL {url:?} has no scheme or host: write it in full, as https://api.github.com or \
+                "the API base URL {shown:?} has no scheme or host: write it in full, as https://api.github.com or \
                  https://HOST/api/v3"
             )));
         };
         if uri.query().is_some() || authority.as_str().contains('@') {
             return Err(config(format!(
-                "the API base URL {url:?} carries a query or user info: give only scheme, host and path"
+                "the API base URL {shown:?} carries a query or user info: give only scheme, host and path"
             )));
         }
+        // `api.github.com.` (a fully qualified name) is `api.github.com`.
         let host = authority.host().to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
         let loopback = is_loopback(&host);
         let path = uri.path().trim_end_matches('/').to_owned();
         if *scheme != Scheme::HTTPS && !(loopback && *scheme == Scheme::HTTP) {
             return Err(config(format!(
-                "the API base URL {url:?} does not use https: tokens must not travel unencrypted (plain http is \
+                "the API base URL {shown:?} does not use https: tokens must not travel unencrypted (plain http is \
                  only allowed on loopback test servers)"
             )));
         }
@@ -105,7 +109,9 @@ impl ApiBase {
         if !loopback {
             let cloud = host == "api.github.com" || host.ends_with(".ghe.com");
             if cloud && !path.is_empty() {
-                return Err(config(format!("the API base URL {url:?} has a path; {host} serves the API at its root")));
+                return Err(config(format!(
+                    "the API base URL {shown:?} has a path; {host} serves the API at its root"
+                )));
             }
             if host.ends_with(".ghe.com") && !host.starts_with("api.") {
                 return Err(config(format!(
@@ -114,7 +120,7 @@ impl ApiBase {
             }
             if !cloud && path != "/api/v3" {
                 return Err(config(format!(
-                    "the API base URL {url:?} looks like a GitHub Enterprise Server, whose REST API lives under \
+                    "the API base URL {shown:?} looks like a GitHub Enterprise Server, whose REST API lives under \
                      /api/v3: use https://{authority}/api/v3"
                 )));
             }
@@ -123,7 +129,7 @@ impl ApiBase {
             None
         } else if host == "api.github.com" || host.ends_with(".ghe.com") {
             // api.github.com → uploads.github.com; api.X.ghe.com → uploads.X.ghe.com.
-            let uploads_host = format!("uploads.{}", host.trim_start_matches("api."));
+            let uploads_host = format!("uploads.{}", host.strip_prefix("api.").unwrap_or(&host));
             let authority = match authority.port() {
                 Some(port) => format!("{uploads_host}:{port}"),
                 None => uploads_host,
@@ -144,17 +150,18 @@ impl ApiBase {
     /// plain http on loopback only.
     pub fn with_uploads(mut self, url: &str) -> Result<Self, Error> {
         let url = url.trim();
-        let uri: Uri = url.parse().map_err(|_| config(format!("the uploads URL {url:?} is not a valid URL")))?;
+        let shown = crate::error::scrub(url);
+        let uri: Uri = url.parse().map_err(|_| config(format!("the uploads URL {shown:?} is not a valid URL")))?;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(config(format!("the uploads URL {url:?} has no scheme or host: write it in full")));
+            return Err(config(format!("the uploads URL {shown:?} has no scheme or host: write it in full")));
         };
         if uri.query().is_some() || authority.as_str().contains('@') {
-            return Err(config(format!("the uploads URL {url:?} carries a query or user info")));
+            return Err(config(format!("the uploads URL {shown:?} carries a query or user info")));
         }
         let loopback = is_loopback(&authority.host().to_ascii_lowercase());
         if *scheme != Scheme::HTTPS && !(loopback && *scheme == Scheme::HTTP) {
             return Err(config(format!(
-                "the uploads URL {url:?} does not use https: tokens must not travel unencrypted (plain http is \
+                "the uploads URL {shown:?} does not use https: tokens must not travel unencrypted (plain http is \
                  only allowed on loopback test servers)"
             )));
         }
@@ -170,7 +177,7 @@ impl ApiBase {
 
     /// Where `uri` goes: this API (and which route), its uploads origin, elsewhere, or nowhere.
     #[inline]
-    pub(crate) fn target<'u>(&self, uri: &'u Uri) -> Target<'u> {
+    pub(crate) fn target(&self, uri: &Uri) -> Target {
         let Some(authority) = uri.authority() else {
             return Target::NoHost;
         };
@@ -178,18 +185,11 @@ impl ApiBase {
         let verbatim = uri.scheme() == Some(&self.scheme)
             && same_bytes(authority.as_str().as_bytes(), self.authority.as_str().as_bytes());
         if verbatim || same_origin(uri, &self.scheme, &self.authority) {
-            let path = uri.path();
-            if self.path.is_empty() {
-                return Target::Api(path);
-            }
-            if under(path, &self.path) {
-                return Target::Api(&path[self.path.len()..]);
-            }
             // GitHub Enterprise Server: uploads share the API's host, under /api/uploads.
-            if self.is_uploads(uri) {
+            if !self.path.is_empty() && self.is_uploads(uri) {
                 return Target::Uploads;
             }
-            return Target::Api("");
+            return Target::Api;
         }
         if self.is_uploads(uri) { Target::Uploads } else { Target::Elsewhere }
     }
@@ -339,10 +339,12 @@ mod tests {
             ("https://acme.ghe.com", "https://api.acme.ghe.com"),
             ("https://api.github.com/v3", "root"),
             ("https://u:p@api.github.com", "user info"),
+            ("https://x-access-token:ghs_16C7e42F292c6912E7710c838347Ae178B4a@ghe.example.com/api/v3", "user info"),
         ] {
             let err = ApiBase::parse(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidConfig);
             assert!(err.to_string().contains(says), "{bad}: {err}");
+            assert!(!format!("{err} {err:?}").contains("ghs_"), "{err}");
         }
     }
 
@@ -387,9 +389,9 @@ mod tests {
     fn targets_api_uploads_and_elsewhere() {
         let dotcom = ApiBase::github_com();
         let target = |base: &ApiBase, s: &str| format!("{:?}", base.target(&s.parse::<Uri>().unwrap()));
-        assert_eq!(target(&dotcom, "https://api.github.com/repos/o/r"), "Api(\"/repos/o/r\")");
-        assert_eq!(target(&dotcom, "https://api.github.com./repos/o/r"), "Api(\"/repos/o/r\")");
-        assert_eq!(target(&dotcom, "https://API.GitHub.com:443/app"), "Api(\"/app\")");
+        assert_eq!(target(&dotcom, "https://api.github.com/repos/o/r"), "Api");
+        assert_eq!(target(&dotcom, "https://api.github.com./repos/o/r"), "Api");
+        assert_eq!(target(&dotcom, "https://API.GitHub.com:443/app"), "Api");
         assert_eq!(target(&dotcom, "https://uploads.github.com/repos/o/r/releases/1/assets?name=a"), "Uploads");
         assert_eq!(target(&dotcom, "https://uploads.github.com./repos/o/r/releases/1/assets"), "Uploads");
         assert_eq!(target(&dotcom, "http://uploads.github.com/x"), "Elsewhere");
@@ -399,14 +401,21 @@ mod tests {
 
         let ghes = ApiBase::parse("https://ghe.example.com/api/v3").unwrap();
         assert_eq!(ghes.uploads().unwrap(), "https://ghe.example.com/api/uploads");
-        assert_eq!(target(&ghes, "https://ghe.example.com/api/v3/app"), "Api(\"/app\")");
+        assert_eq!(target(&ghes, "https://ghe.example.com/api/v3/app"), "Api");
         assert_eq!(target(&ghes, "https://ghe.example.com/api/uploads/repos/o/r/releases/1/assets"), "Uploads");
-        assert_eq!(target(&ghes, "https://ghe.example.com/api/v3x/app"), "Api(\"\")");
-        assert_eq!(target(&ghes, "https://ghe.example.com/login"), "Api(\"\")");
+        assert_eq!(target(&ghes, "https://ghe.example.com/api/v3x/app"), "Api");
+        assert_eq!(target(&ghes, "https://ghe.example.com/login"), "Api");
 
         let cloud = ApiBase::parse("https://api.acme.ghe.com").unwrap();
         assert_eq!(cloud.uploads().unwrap(), "https://uploads.acme.ghe.com");
         assert_eq!(target(&cloud, "https://uploads.acme.ghe.com/repos/o/r/releases/1/assets"), "Uploads");
+
+        // A fully qualified host is the same host; only a leading `api.` becomes `uploads.`.
+        assert_eq!(ApiBase::parse("https://api.github.com.").unwrap().uploads().unwrap(), "https://uploads.github.com");
+        assert_eq!(
+            ApiBase::parse("https://api.api.ghe.com").unwrap().uploads().unwrap(),
+            "https://uploads.api.ghe.com"
+        );
 
         let local = ApiBase::parse("http://127.0.0.1:3000").unwrap();
         assert_eq!(local.uploads(), None);

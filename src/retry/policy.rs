@@ -77,9 +77,9 @@ pub struct RetryGaveUp {
     pub retries: u32,
     /// Time spent retrying: from GitHub's first refusal of this request to giving up.
     pub elapsed: Duration,
-    /// Why it stopped: `"retry budget exhausted"`, `"token refused after invalidation"` or `"a second fresh
+    /// Why it stopped: `"retry budget exhausted"`, `"token refused after invalidation"`, `"a second fresh
     /// token refused"` (the request already waited out one token's replication lag, then its replacement was
-    /// refused too).
+    /// refused too), `"replication lag outlasted the retries"` or `"scoped token refused after its lag window"`.
     pub reason: &'static str,
 }
 
@@ -106,14 +106,14 @@ impl<C> Drop for RetryOn401Policy<C> {
 
 impl RetryOn401Policy {
     /// Configures a policy. Defaults: 10 s lag window, probes of a lagging token from 250 ms apart doubling to
-    /// 1 s, 8 lag retries per request, and a [`RetryBudget`] with tower's default parameters shared by every
+    /// 1 s, 16 lag retries per request, and a [`RetryBudget`] with tower's default parameters shared by every
     /// request through this policy.
     pub fn builder() -> RetryOn401PolicyBuilder {
         RetryOn401PolicyBuilder {
             lag_window: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(250),
             max_probe_interval: Duration::from_secs(1),
-            max_lag_retries: 8,
+            max_lag_retries: 16,
             budget: Some(BudgetRef::Batched(Arc::new(RetryBudget::default()))),
             clone_body: BuiltinBodies,
         }
@@ -179,10 +179,19 @@ impl<C> RetryOn401Policy<C> {
             }
             return None;
         }
+        if status == StatusCode::FORBIDDEN && used.is_proven() {
+            // GitHub accepted this scoped token before: its 403 is about permissions, not replication.
+            return None;
+        }
         let now = Instant::now();
         self.attempt.refused_at.get_or_insert(now);
         let window_ends = used.minted_at() + self.config.lag_window;
-        if now < window_ends && self.attempt.lag_retries < self.config.max_lag_retries {
+        if now < window_ends && self.attempt.lag_retries >= self.config.max_lag_retries {
+            // Still inside the lag window: a re-mint would lag as well. Give up on this request, keep the token.
+            self.give_up(response, "replication lag outlasted the retries");
+            return None;
+        }
+        if now < window_ends {
             // Replication lag: the same token again, no re-mint. One token's lag per request: a replacement
             // refused as well means something other than lag is wrong, and more retries would only add load.
             if self.attempt.lag_token.is_some_and(|serial| serial != used.serial()) {
@@ -222,16 +231,18 @@ impl<C> RetryOn401Policy<C> {
                 self.give_up(response, "token refused after invalidation");
                 return None;
             }
+            // Stale or revoked: one shared re-mint, whether or not the budget pays for this request's retry (the
+            // next requests need the new token either way).
+            self.attempt.invalidated = true;
+            used.invalidate();
             if !self.withdraw() {
                 self.give_up(response, "retry budget exhausted");
                 return None;
             }
-            // Stale or revoked: one shared re-mint, one retry.
-            self.attempt.invalidated = true;
             self.attempt.retries += 1;
-            used.invalidate();
             return Some(Box::pin(std::future::ready(())));
         }
+        self.give_up(response, "scoped token refused after its lag window");
         None
     }
 
@@ -344,7 +355,8 @@ impl<C> RetryOn401PolicyBuilder<C> {
         self
     }
 
-    /// How many times one request may retry for replication lag (default 8).
+    /// How many times one request may retry for replication lag (default 16: with the default steps, enough for
+    /// a lone request to probe through the whole 10 s window).
     pub fn max_lag_retries(mut self, retries: u32) -> Self {
         self.max_lag_retries = retries;
         self
