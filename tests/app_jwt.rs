@@ -147,32 +147,45 @@ fn a_certificate_bundle_with_a_key_uses_the_key() {
     assert_eq!(format!("{key:?}"), "PrivateKey { format: \"PKCS#8\", bits: 2048, .. }");
 }
 
-/// A KMS signer whose first call never answers (the outside review's hung `JwtSigner`), then works.
-#[derive(Clone, Default)]
-struct HangsOnce {
+/// A KMS signer whose first call misbehaves (never answers, or panics: the outside review's cases), then works.
+#[derive(Clone)]
+struct MisbehavesOnce {
     calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    panics: bool,
 }
 
-impl tower_github_app::JwtSigner for HangsOnce {
+impl MisbehavesOnce {
+    fn hangs() -> Self {
+        Self { calls: Default::default(), panics: false }
+    }
+    fn panics() -> Self {
+        Self { calls: Default::default(), panics: true }
+    }
+}
+
+impl tower_github_app::JwtSigner for MisbehavesOnce {
     fn sign<'a>(
         &'a self,
         message: &'a [u8],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, tower_github_app::BoxError>> + Send + 'a>>
     {
-        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let first = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+        let panics = self.panics;
         Box::pin(async move {
-            if call == 0 {
+            if first && panics {
+                panic!("a bug in the KMS client");
+            }
+            if first {
                 std::future::pending::<()>().await;
             }
-            let key = PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY)?;
-            Ok(key.sign_rs256(message)?)
+            Ok(PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY)?.sign_rs256(message)?)
         })
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_signer_that_never_answers_costs_a_typed_timeout_not_a_hang() {
-    let signer = HangsOnce::default();
+    let signer = MisbehavesOnce::hangs();
     let app = GitHubApp::builder(1).signer(signer.clone()).sign_timeout(Duration::from_secs(5)).build().unwrap();
     // Ten callers at once: one signature in progress, everyone bounded by the sign timeout, nobody blocked by a
     // lock held across the signer's call.
@@ -196,7 +209,7 @@ async fn a_hung_signer_is_bounded_by_the_mint_timeout_too() {
     let github = FakeGitHub::start().await;
     // No sign timeout to speak of: the mint's own timeout must still bound the mint.
     let app = GitHubApp::builder(FakeGitHub::APP_ID)
-        .signer(HangsOnce::default())
+        .signer(MisbehavesOnce::hangs())
         .sign_timeout(Duration::from_secs(3600))
         .build()
         .unwrap();
@@ -214,7 +227,7 @@ async fn a_hung_signer_is_bounded_by_the_mint_timeout_too() {
 
 #[tokio::test(start_paused = true)]
 async fn a_caller_cancelled_while_signing_hands_over_to_the_next() {
-    let signer = HangsOnce::default();
+    let signer = MisbehavesOnce::hangs();
     let app = GitHubApp::builder(1).signer(signer.clone()).build().unwrap();
     // The signing caller gives up after a second (its request timed out); a waiter then signs itself.
     let first = tokio::time::timeout(Duration::from_secs(1), app.jwt());
@@ -230,32 +243,11 @@ async fn a_caller_cancelled_while_signing_hands_over_to_the_next() {
 
 /// A signer that panics (a bug in a KMS client) costs a typed `Signing` error, not a dead refresher reported as
 /// a runtime shutting down, and not a panic in the caller's task.
-#[derive(Clone, Default)]
-struct PanicsOnce {
-    calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
-}
-
-impl tower_github_app::JwtSigner for PanicsOnce {
-    fn sign<'a>(
-        &'a self,
-        message: &'a [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, tower_github_app::BoxError>> + Send + 'a>>
-    {
-        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Box::pin(async move {
-            if call == 0 {
-                panic!("a bug in the KMS client");
-            }
-            Ok(PrivateKey::from_pem(tower_github_app::testing::TEST_PRIVATE_KEY)?.sign_rs256(message)?)
-        })
-    }
-}
-
 #[tokio::test]
 async fn a_panicking_signer_is_a_signing_error() {
     use tower_github_app::{Installation, testing::FakeGitHub};
     let github = FakeGitHub::start().await;
-    let app = GitHubApp::builder(FakeGitHub::APP_ID).signer(PanicsOnce::default()).build().unwrap();
+    let app = GitHubApp::builder(FakeGitHub::APP_ID).signer(MisbehavesOnce::panics()).build().unwrap();
     let installation = Installation::builder(app.clone(), FakeGitHub::INSTALLATION_ID)
         .api_base(&github.api_base())
         .refresh_backoff(Duration::from_millis(10), Duration::from_millis(10))

@@ -169,6 +169,9 @@ pub(crate) struct Shared {
     refresher: Mutex<Refresher>,
     /// When the live refresher will next wake at the latest, on the real clock (nanoseconds after `EPOCH`).
     wakes_by: AtomicU64,
+    /// When a probe last ran on the refresher's runtime (nanoseconds after `EPOCH`), and whether one is out.
+    runtime_seen: AtomicU64,
+    probing: std::sync::atomic::AtomicBool,
     /// The longest validity a caller of `token_valid_for` asked for since the last mint.
     wanted: Mutex<Option<Duration>>,
     counters: Counters,
@@ -209,6 +212,8 @@ impl Shared {
             pending: Mutex::new(None),
             lifetime_ms: AtomicU64::new(0),
             wakes_by: AtomicU64::new(u64::MAX),
+            runtime_seen: AtomicU64::new(0),
+            probing: Default::default(),
             wanted: Mutex::new(None),
             counters: Counters::default(),
             watchdog: Registration::new(),
@@ -410,13 +415,29 @@ impl Shared {
 
     /// Whether the runtime that runs the refresher still runs tasks: a probe spawned there must run within
     /// [`ACK_PATIENCE`]. Measured on the real clock, so it works from any runtime.
-    async fn refresher_runtime_runs(&self) -> bool {
+    /// One probe at a time, however many requests wait: the others take the last answer.
+    async fn refresher_runtime_runs(self: &Arc<Self>) -> bool {
+        let now = || std::time::Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
+        let recently = |seen: u64| now().saturating_sub(seen) < ACK_PATIENCE.as_nanos() as u64 * 2;
+        if recently(self.runtime_seen.load(Ordering::Acquire)) || self.probing.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        // Cleared however this future ends (it may be dropped with its request).
+        struct Probing<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Probing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _probing = Probing(&self.probing);
         let runtime = self.refresher.lock().unwrap_or_else(|e| e.into_inner()).runtime.clone();
         let Some(runtime) = runtime else {
             return false;
         };
         let (ran, probe) = tokio::sync::oneshot::channel::<()>();
+        let this = Arc::clone(self);
         drop(runtime.spawn(async move {
+            this.runtime_seen.store(now(), Ordering::Release);
             let _ = ran.send(());
         }));
         tokio::select! {
