@@ -10,10 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::get;
+use common::{get, read_whole};
 use futures_util::TryFutureExt;
 use futures_util::future::join_all;
-use http_body_util::BodyExt;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_github_app::testing::{Credential, FakeGitHub, MintFault, TokenState};
 use tower_github_app::{Installation, InstallationAuthLayer};
@@ -99,14 +98,7 @@ async fn cold_start(n: usize) {
         let started = Instant::now();
         // Each answer read whole as it arrives, as a client does (unread bodies would exhaust HTTP/2's
         // flow-control window).
-        let statuses = join_all((0..n).map(|_| {
-            service.clone().oneshot(get(&url)).and_then(|r| async move {
-                let status = r.status();
-                r.into_body().collect().await?;
-                Ok(status)
-            })
-        }))
-        .await;
+        let statuses = join_all((0..n).map(|_| service.clone().oneshot(get(&url)).and_then(read_whole))).await;
         times.push(started.elapsed());
         assert!(statuses.iter().all(|s| *s.as_ref().unwrap() == 200));
         mints.push(github.mint_count());
@@ -134,11 +126,7 @@ async fn burst_under_lag(n: usize, lag: Duration) {
         let url = format!("{}/repos/octo-org/octo-repo", github.api_base());
         let started = Instant::now();
         let outcomes = join_all((0..n).map(|_| {
-            service.clone().oneshot(get(&url)).and_then(|r| async move {
-                let status = r.status();
-                r.into_body().collect().await?;
-                Ok((status, started.elapsed()))
-            })
+            service.clone().oneshot(get(&url)).and_then(read_whole).map_ok(move |status| (status, started.elapsed()))
         }))
         .await;
         let mut times: Vec<Duration> = outcomes.iter().map(|o| o.as_ref().unwrap().1).collect();

@@ -347,14 +347,16 @@ async fn burst_under_lag(n: usize, lag: Duration) -> (Vec<Duration>, usize, u64)
     let url = format!("{}/repos/octo-org/octo-repo", github.api_base());
     let started = tokio::time::Instant::now();
     let outcomes = join_all((0..n).map(|_| {
-        service.clone().oneshot(get(&url)).and_then(|response| async move {
-            assert_eq!(response.status(), 200);
-            response.into_body().collect().await?;
-            Ok(started.elapsed())
-        })
+        service
+            .clone()
+            .oneshot(get(&url))
+            .and_then(common::read_whole)
+            .map_ok(move |status| (status, started.elapsed()))
     }))
     .await;
-    let mut times: Vec<Duration> = outcomes.into_iter().map(Result::unwrap).collect();
+    let outcomes: Vec<_> = outcomes.into_iter().map(Result::unwrap).collect();
+    assert!(outcomes.iter().all(|(status, _)| *status == 200));
+    let mut times: Vec<Duration> = outcomes.into_iter().map(|(_, time)| time).collect();
     times.sort();
     let refused = github
         .requests()

@@ -77,32 +77,8 @@ impl ApiBase {
 
     /// Parses and checks a base URL.
     pub fn parse(url: &str) -> Result<Self, Error> {
-        let url = url.trim();
-        // Messages show the URL scrubbed: one with user info may carry a token (`https://x:ghs_…@host`).
-        let shown = crate::error::scrub(url);
-        let uri: Uri = url.parse().map_err(|_| config(format!("the API base URL {shown:?} is not a valid URL")))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(config(format!(
-                "the API base URL {shown:?} has no scheme or host: write it in full, as https://api.github.com or \
-                 https://HOST/api/v3"
-            )));
-        };
-        if uri.query().is_some() || authority.as_str().contains('@') {
-            return Err(config(format!(
-                "the API base URL {shown:?} carries a query or user info: give only scheme, host and path"
-            )));
-        }
-        // `api.github.com.` (a fully qualified name) is `api.github.com`.
-        let host = authority.host().to_ascii_lowercase();
-        let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
-        let loopback = is_loopback(&host);
-        let path = uri.path().trim_end_matches('/').to_owned();
-        if *scheme != Scheme::HTTPS && !(loopback && *scheme == Scheme::HTTP) {
-            return Err(config(format!(
-                "the API base URL {shown:?} does not use https: tokens must not travel unencrypted (plain http is \
-                 only allowed on loopback test servers)"
-            )));
-        }
+        let (Origin { scheme, authority, path }, host, loopback) = checked_origin(url, "the API base URL")?;
+        let shown = crate::error::scrub(url.trim());
         if host == "github.com" || host == "www.github.com" {
             return Err(config("github.com is the web host; the REST API is at https://api.github.com"));
         }
@@ -142,31 +118,14 @@ impl ApiBase {
         } else {
             Some(Origin { scheme: scheme.clone(), authority: authority.clone(), path: "/api/uploads".into() })
         };
-        Ok(ApiBase { scheme: scheme.clone(), authority: authority.clone(), path, uploads })
+        Ok(ApiBase { scheme, authority, path, uploads })
     }
 
     /// The same API with release-asset uploads at `url` (scheme, host, port and path prefix), for servers whose
     /// uploads origin is not GitHub's usual one (test servers, proxies). Checked like the API base: https, or
     /// plain http on loopback only.
     pub fn with_uploads(mut self, url: &str) -> Result<Self, Error> {
-        let url = url.trim();
-        let shown = crate::error::scrub(url);
-        let uri: Uri = url.parse().map_err(|_| config(format!("the uploads URL {shown:?} is not a valid URL")))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(config(format!("the uploads URL {shown:?} has no scheme or host: write it in full")));
-        };
-        if uri.query().is_some() || authority.as_str().contains('@') {
-            return Err(config(format!("the uploads URL {shown:?} carries a query or user info")));
-        }
-        let loopback = is_loopback(&authority.host().to_ascii_lowercase());
-        if *scheme != Scheme::HTTPS && !(loopback && *scheme == Scheme::HTTP) {
-            return Err(config(format!(
-                "the uploads URL {shown:?} does not use https: tokens must not travel unencrypted (plain http is \
-                 only allowed on loopback test servers)"
-            )));
-        }
-        let path = uri.path().trim_end_matches('/').to_owned();
-        self.uploads = Some(Origin { scheme: scheme.clone(), authority: authority.clone(), path });
+        self.uploads = Some(checked_origin(url, "the uploads URL")?.0);
         Ok(self)
     }
 
@@ -226,6 +185,36 @@ impl ApiBase {
     pub fn host(&self) -> &str {
         self.authority.host()
     }
+}
+
+/// The scheme, authority and path of `url`, its host (lower case, without a trailing dot) and whether it is
+/// loopback: refused unless it is absolute, has no query or user info, and uses https (plain http only on
+/// loopback). `what` names the URL in messages, which show it scrubbed (user info may carry a token).
+fn checked_origin(url: &str, what: &str) -> Result<(Origin, String, bool), Error> {
+    let url = url.trim();
+    let shown = crate::error::scrub(url);
+    let uri: Uri = url.parse().map_err(|_| config(format!("{what} {shown:?} is not a valid URL")))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return Err(config(format!(
+            "{what} {shown:?} has no scheme or host: write it in full, as https://api.github.com or \
+             https://HOST/api/v3"
+        )));
+    };
+    if uri.query().is_some() || authority.as_str().contains('@') {
+        return Err(config(format!("{what} {shown:?} carries a query or user info: give only scheme, host and path")));
+    }
+    // `api.github.com.` (a fully qualified name) is `api.github.com`.
+    let host = authority.host().to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host).to_owned();
+    let loopback = is_loopback(&host);
+    if *scheme != Scheme::HTTPS && !(loopback && *scheme == Scheme::HTTP) {
+        return Err(config(format!(
+            "{what} {shown:?} does not use https: tokens must not travel unencrypted (plain http is only allowed \
+             on loopback test servers)"
+        )));
+    }
+    let path = uri.path().trim_end_matches('/').to_owned();
+    Ok((Origin { scheme: scheme.clone(), authority: authority.clone(), path }, host, loopback))
 }
 
 /// Whether `uri` goes to this scheme, host and port: hosts compared without case and without a trailing dot

@@ -21,6 +21,18 @@ pub fn assert_no_secrets(text: &str, secrets: &[&str]) {
     }
 }
 
+/// Reads a response's body whole, as a client does (unread bodies of many concurrent GitHub-sized answers would
+/// exhaust HTTP/2's flow-control window), and keeps its status.
+pub async fn read_whole<B>(response: Response<B>) -> Result<http::StatusCode, tower::BoxError>
+where
+    B: http_body::Body,
+    B::Error: Into<tower::BoxError>,
+{
+    let status = response.status();
+    http_body_util::BodyExt::collect(response.into_body()).await.map_err(Into::into)?;
+    Ok(status)
+}
+
 /// A GET request to `url` with an empty body.
 pub fn get(url: &str) -> Request<Full<Bytes>> {
     Request::get(url).body(Full::default()).unwrap()
