@@ -12,12 +12,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tower_github_app::AppJwtClaims;
 
 fn header_injection(c: &mut Criterion) {
-    let (_runtime, _github, installation, uri) = support::installation_with_token();
+    let setup = support::setup();
+    let uri = setup.uri.clone();
     let token = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
     let mut group = c.benchmark_group("inject");
     for shape in support::Shape::ALL {
         for name in support::VARIANTS {
-            with_variant!(name, &installation, token, |service| {
+            with_variant!(name, &setup, token, |service| {
                 let mut service = service;
                 group.bench_function(format!("{}/{name}", shape.name()), |b| {
                     b.iter(|| black_box(support::call(&mut service, &uri, shape)))
@@ -29,14 +30,15 @@ fn header_injection(c: &mut Criterion) {
 }
 
 fn contention(c: &mut Criterion) {
-    let (_runtime, _github, installation, uri) = support::installation_with_token();
+    let setup = support::setup();
+    let uri = setup.uri.clone();
     let mut group = c.benchmark_group("threads");
     let token = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
     // `bare` is the control: what a second thread costs the machine itself (two vCPUs may share a core).
     let shape = support::Shape::Realistic;
-    for name in ["bare", "set_request_header", "installation_auth", "retry_auth"] {
+    for name in ["bare", "set_request_header", "installation_auth", "app_auth", "retry_auth"] {
         for threads in [1usize, 2] {
-            with_variant!(name, &installation, token, |service| {
+            with_variant!(name, &setup, token, |service| {
                 group.bench_function(format!("{name}/{threads}"), |b| {
                     b.iter_custom(|iters| {
                         // Each thread drives its own clone of one service; the result is time per request per thread.
@@ -68,6 +70,48 @@ fn contention(c: &mut Criterion) {
     group.finish();
 }
 
+/// The pool's shared path: requests naming installations by id (as a webhook handler does), rotating over 1,000
+/// warm installations, so the service's small cache of recent entries misses and the pool's moka cache answers;
+/// against the same requests for one installation (the small cache hits) and a bare service.
+fn pool_rotating(c: &mut Criterion) {
+    use tower_github_app::{AppAuthLayer, InstallationFor, InstallationPool};
+    const N: u64 = 1_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (_github, pool, uri) = runtime.block_on(async {
+        let github = (0..N)
+            .fold(tower_github_app::testing::FakeGitHub::builder(), |b, n| {
+                b.installation(1000 + n, 1, &format!("acct-{n}"), &[&format!("acct-{n}/repo")])
+            })
+            .start()
+            .await;
+        let pool = InstallationPool::builder(github.app()).api_base(&github.api_base()).build(github.client()).unwrap();
+        for n in 0..N {
+            pool.token(InstallationFor::Id(1000 + n), None).await.unwrap();
+        }
+        let uri: http::Uri = format!("{}/installation/repositories", github.api_base()).parse().unwrap();
+        (github, pool, uri)
+    });
+    let request = |n: u64| {
+        let mut request = support::Shape::Realistic.request(&uri);
+        request.extensions_mut().insert(InstallationFor::Id(1000 + n % N));
+        request
+    };
+    let mut group = c.benchmark_group("pool");
+    let mut bare = support::Bare;
+    let mut one = tower::Layer::layer(&AppAuthLayer::new(pool.clone()), support::Bare);
+    let mut rotating = tower::Layer::layer(&AppAuthLayer::new(pool.clone()), support::Bare);
+    let mut n = 0u64;
+    group.bench_function("bare", |b| b.iter(|| black_box(support::call_with(&mut bare, request(7)))));
+    group.bench_function("one_installation", |b| b.iter(|| black_box(support::call_with(&mut one, request(7)))));
+    group.bench_function("rotating_1000", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(support::call_with(&mut rotating, request(n)))
+        })
+    });
+    group.finish();
+}
+
 fn jwt_signing(c: &mut Criterion) {
     let app = tower_github_app::GitHubApp::from_pem(1, tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -82,6 +126,6 @@ fn jwt_signing(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = header_injection, contention, jwt_signing
+    targets = header_injection, contention, pool_rotating, jwt_signing
 }
 criterion_main!(benches);

@@ -7,7 +7,8 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/inject installation_auth realistic 100000
 //! ```
 //!
-//! Variants: `bare`, `set_request_header`, `installation_auth`, `retry_auth`, `hand_rolled`; shapes: `plain`
+//! Variants: `bare`, `set_request_header`, `installation_auth`, `app_auth` (the pool), `retry_auth`,
+//! `retry_app_auth`, `hand_rolled`; shapes: `plain`
 //! (a URI only) and `realistic` (with `accept` and `user-agent`, as GitHub requires). Per-request counts are the
 //! difference between runs with 200,000 and 100,000 requests, divided by 100,000 (setup cancels out);
 //! `benches/inject-counts.sh` does exactly that.
@@ -20,9 +21,10 @@ fn main() {
     let name = args.next().unwrap_or_else(|| "installation_auth".into());
     let shape = args.next().and_then(|s| support::Shape::parse(&s)).unwrap_or(support::Shape::Realistic);
     let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
-    let (_runtime, _github, installation, uri) = support::installation_with_token();
+    let setup = support::setup();
+    let uri = setup.uri.clone();
     let token = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
-    with_variant!(name.as_str(), &installation, token, |service| {
+    with_variant!(name.as_str(), &setup, token, |service| {
         let mut service = service;
         for _ in 0..n {
             std::hint::black_box(support::call(&mut service, &uri, shape));

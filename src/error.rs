@@ -34,6 +34,9 @@ pub enum ErrorKind {
     InstallationForbidden,
     /// GitHub does not know the installation on this host (`404`).
     InstallationNotFound,
+    /// The App is not installed on the account or repository a request names (the installation lookup answered
+    /// `404`): the request was not sent.
+    NotInstalled,
     /// The requested repositories or permissions are not valid for the installation (`422`).
     InvalidScope,
     /// GitHub's rate limit refused the request (`429`, or `403` with the rate limit exhausted).

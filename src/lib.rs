@@ -52,8 +52,11 @@ pub mod auth;
 #[cfg(feature = "hyper-client")]
 pub mod client;
 mod error;
+#[macro_use]
 pub mod installation;
+pub mod pool;
 pub mod retry;
+mod source;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
@@ -99,10 +102,11 @@ fn testing_key() -> &'static str {
 struct ReadmeDoctests;
 
 pub use app::{AppId, AppJwt, AppJwtClaims, AppJwtUsed, GitHubApp, JwtSigner, PrivateKey};
-pub use auth::{InstallationAuth, InstallationAuthLayer};
+pub use auth::{AppAuth, AppAuthLayer, GitHubAuth, GitHubAuthLayer, InstallationAuth, InstallationAuthLayer};
 pub use error::{BoxError, Error, ErrorKind};
 pub use installation::{
     ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken, InstallationTokenUsed,
     Repository, TokenScope,
 };
+pub use pool::{InstallationFor, InstallationPool, InstallationPoolBuilder, PoolStats, RevokeReport};
 pub use retry::{RetryBudget, RetryGaveUp, RetryOn401Policy};

@@ -14,7 +14,7 @@ use http_body_util::Full;
 use tower::retry::{Retry, RetryLayer};
 use tower::{Layer, Service};
 use tower_github_app::testing::FakeGitHub;
-use tower_github_app::{Installation, InstallationAuthLayer, RetryOn401Policy};
+use tower_github_app::{AppAuthLayer, Installation, InstallationAuthLayer, InstallationPool, RetryOn401Policy};
 
 /// The request body every variant takes: what hyper-util clients are usually built with.
 pub type Body = Full<Bytes>;
@@ -106,8 +106,19 @@ impl Shape {
     }
 }
 
-/// One request through `service`, polled once (every variant completes at once).
+/// One request through `service`, polled once (every variant completes at once). Never inlined, so each
+/// variant is compiled the same way however many variants the caller holds.
+#[inline(never)]
 pub fn call<S>(service: &mut S, uri: &Uri, shape: Shape) -> S::Response
+where
+    S: Service<Request<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    call_with(service, shape.request(uri))
+}
+
+/// [`call`] with a request built by the caller.
+pub fn call_with<S>(service: &mut S, request: Request<Body>) -> S::Response
 where
     S: Service<Request<Body>>,
     S::Error: std::fmt::Debug,
@@ -115,7 +126,7 @@ where
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
     assert!(service.poll_ready(&mut cx).is_ready());
-    let future = service.call(shape.request(uri));
+    let future = service.call(request);
     let mut future = std::pin::pin!(future);
     match future.as_mut().poll(&mut cx) {
         Poll::Ready(result) => result.unwrap(),
@@ -123,36 +134,45 @@ where
     }
 }
 
-/// A fake GitHub, an installation with a valid one-hour token (already proven by a request, as in steady
-/// state), and the URI of an API route on it. The runtime must stay alive while the installation is used.
-pub fn installation_with_token() -> (tokio::runtime::Runtime, FakeGitHub, Installation, Uri) {
+/// What every variant runs against: a fake GitHub, an installation with a valid one-hour token (already proven
+/// by a request, as in steady state), a pool with a proven token for the same installation (found from the
+/// path, as in steady state), and the URI of an API route there. The runtime must stay alive while they are used.
+pub struct Setup {
+    pub runtime: tokio::runtime::Runtime,
+    pub github: FakeGitHub,
+    pub installation: Installation,
+    pub pool: InstallationPool,
+    pub uri: Uri,
+}
+
+pub fn setup() -> Setup {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let uri_text = std::sync::OnceLock::new();
-    let (github, installation) = runtime.block_on(async {
+    let (github, installation, pool, url) = runtime.block_on(async {
         let github = FakeGitHub::start().await;
         let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
             .api_base(&github.api_base())
             .build(github.client())
             .unwrap();
+        let pool = InstallationPool::builder(github.app()).api_base(&github.api_base()).build(github.client()).unwrap();
         let url = format!("{}/repos/octo-org/octo-repo", github.api_base());
-        // One real request proves the token, as in steady state.
+        // One real request each proves the tokens, as in steady state.
         let mut service = InstallationAuthLayer::new(installation.clone()).layer(github.client());
-        let response = tower::ServiceExt::ready(&mut service)
-            .await
-            .unwrap()
-            .call(Request::get(&url).body(Body::default()).unwrap())
-            .await
-            .unwrap();
+        let request = Request::get(&url).body(Body::default()).unwrap();
+        let response = tower::ServiceExt::ready(&mut service).await.unwrap().call(request).await.unwrap();
         assert_eq!(response.status(), 200);
-        uri_text.set(url).unwrap();
-        (github, installation)
+        let mut service = AppAuthLayer::new(pool.clone()).layer(github.client());
+        let request = Request::get(&url).body(Body::default()).unwrap();
+        let response = tower::ServiceExt::ready(&mut service).await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        (github, installation, pool, url)
     });
-    let uri: Uri = uri_text.get().unwrap().parse().unwrap();
-    (runtime, github, installation, uri)
+    let uri: Uri = url.parse().unwrap();
+    Setup { runtime, github, installation, pool, uri }
 }
 
 /// The variants of benchmark 1, by name.
-pub const VARIANTS: [&str; 5] = ["bare", "set_request_header", "installation_auth", "retry_auth", "hand_rolled"];
+pub const VARIANTS: [&str; 7] =
+    ["bare", "set_request_header", "installation_auth", "app_auth", "retry_auth", "retry_app_auth", "hand_rolled"];
 
 /// `SetRequestHeader` with a constant value: the floor for stamping a header.
 pub fn set_request_header(token: &str) -> tower_http::set_header::SetRequestHeader<Bare, HeaderValue> {
@@ -171,10 +191,20 @@ pub fn retry_auth(installation: &Installation) -> Retry<RetryOn401Policy, tower_
     RetryLayer::new(RetryOn401Policy::default()).layer(installation_auth(installation))
 }
 
+/// `AppAuth` (the pool's layer) over the bare service; the installation is read from the path.
+pub fn app_auth(pool: &InstallationPool) -> tower_github_app::AppAuth<Bare> {
+    AppAuthLayer::new(pool.clone()).layer(Bare)
+}
+
+/// `Retry<RetryOn401Policy>` over `AppAuth`.
+pub fn retry_app_auth(pool: &InstallationPool) -> Retry<RetryOn401Policy, tower_github_app::AppAuth<Bare>> {
+    RetryLayer::new(RetryOn401Policy::default()).layer(app_auth(pool))
+}
+
 /// Runs `f` with the named variant as a concrete service type.
 #[macro_export]
 macro_rules! with_variant {
-    ($name:expr, $installation:expr, $token:expr, |$service:ident| $body:expr) => {
+    ($name:expr, $setup:expr, $token:expr, |$service:ident| $body:expr) => {
         match $name {
             "bare" => {
                 let $service = support::Bare;
@@ -185,11 +215,19 @@ macro_rules! with_variant {
                 $body
             }
             "installation_auth" => {
-                let $service = support::installation_auth($installation);
+                let $service = support::installation_auth(&$setup.installation);
                 $body
             }
             "retry_auth" => {
-                let $service = support::retry_auth($installation);
+                let $service = support::retry_auth(&$setup.installation);
+                $body
+            }
+            "app_auth" => {
+                let $service = support::app_auth(&$setup.pool);
+                $body
+            }
+            "retry_app_auth" => {
+                let $service = support::retry_app_auth(&$setup.pool);
                 $body
             }
             "hand_rolled" => {

@@ -57,7 +57,7 @@ mod routes;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::InstallationAuthLayer;
-pub(crate) use routes::is_app_jwt_request;
+pub use layer::{AppAuthLayer, GitHubAuthLayer, InstallationAuthLayer};
 pub use routes::is_app_jwt_route;
-pub use service::InstallationAuth;
+pub(crate) use routes::{AccountRoute, account_route, account_route_resolved, has_dot_or_percent, is_app_jwt_request};
+pub use service::{AppAuth, GitHubAuth, InstallationAuth};

@@ -23,13 +23,18 @@ use std::borrow::Cow;
 /// ```
 #[inline]
 pub fn is_app_jwt_route(path: &str) -> bool {
+    is_app_jwt_route_with(path, has_dot_or_percent(path.as_bytes()))
+}
+
+/// [`is_app_jwt_route`] with [`has_dot_or_percent`] already known.
+#[inline]
+fn is_app_jwt_route_with(path: &str, unusual: bool) -> bool {
     let bytes = path.as_bytes();
     // Most requests are installation routes: decide those from a few bytes. Every App-JWT route starts with `/a`
     // or `/m` or ends with `installation`, in any case and with an optional trailing slash, unless dot segments
     // or percent-encodings change what the path means.
     let maybe =
         matches!(bytes.get(1), Some(b'a' | b'A' | b'm' | b'M')) || matches!(bytes.last(), Some(b'n' | b'N' | b'/'));
-    let unusual = has_dot_or_percent(bytes);
     if !maybe && !unusual {
         return false;
     }
@@ -40,25 +45,121 @@ pub fn is_app_jwt_route(path: &str) -> bool {
 /// Whether a request to `path` (its whole URI path) on an API served under `prefix` (`/api/v3` on GitHub
 /// Enterprise Server, empty on github.com) goes to an App-JWT route. The whole path is resolved first, as the
 /// server resolves it, then the prefix is stripped: `/api/v3/../v3/app` is `/app`, and `/api/v3/x/../../app`
-/// (which is `/api/app`) is no API route at all.
+/// (which is `/api/app`) is no API route at all. `unusual` is [`has_dot_or_percent`] of the path.
 #[inline]
-pub(crate) fn is_app_jwt_request(path: &str, prefix: &str) -> bool {
+pub(crate) fn is_app_jwt_request(path: &str, prefix: &str, unusual: bool) -> bool {
     if prefix.is_empty() {
-        return is_app_jwt_route(path);
+        return is_app_jwt_route_with(path, unusual);
     }
     fn under<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
         path.strip_prefix(prefix).filter(|rest| rest.is_empty() || rest.starts_with('/'))
     }
-    if has_dot_or_percent(path.as_bytes()) {
+    if unusual {
         let resolved = normalize(path);
         return under(&resolved, prefix).is_some_and(is_app_jwt_route);
     }
-    under(path, prefix).is_some_and(is_app_jwt_route)
+    under(path, prefix).is_some_and(|path| is_app_jwt_route_with(path, false))
+}
+
+/// The account a request path names, as GitHub routes it: `/repos/{owner}/{repo}/...` names a repository,
+/// `/orgs/{org}/...` an organization, `/users/{user}/...` a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccountRoute<'p> {
+    /// `/repos/{owner}/{repo}/...`.
+    Repository(&'p str, &'p str),
+    /// `/orgs/{org}/...`.
+    Org(&'p str),
+    /// `/users/{user}/...`.
+    User(&'p str),
+}
+
+/// The account `path` (a whole URI path, under `prefix`) names, if any. `path` must be usual (no dot segment,
+/// no percent-encoding: see [`has_dot_or_percent`]); [`account_route_resolved`] reads the others.
+#[inline]
+pub(crate) fn account_route<'p>(path: &'p str, prefix: &str) -> Option<AccountRoute<'p>> {
+    account_route_of(path.strip_prefix(prefix)?)
+}
+
+/// [`account_route`] for any path, resolved as a server resolves it first: owner, repository (if any), and
+/// whether the route is an organization's.
+pub(crate) fn account_route_resolved(path: &str, prefix: &str) -> Option<(String, Option<String>, bool)> {
+    let resolved = if has_dot_or_percent(path.as_bytes()) { normalize(path) } else { Cow::Borrowed(path) };
+    Some(match account_route_of(resolved.strip_prefix(prefix)?)? {
+        AccountRoute::Repository(owner, repo) => (owner.to_owned(), Some(repo.to_owned()), false),
+        AccountRoute::Org(org) => (org.to_owned(), None, true),
+        AccountRoute::User(user) => (user.to_owned(), None, false),
+    })
+}
+
+#[inline]
+fn account_route_of(path: &str) -> Option<AccountRoute<'_>> {
+    // A few byte comparisons, no iterator: this runs on every request of a pool.
+    let bytes = path.as_bytes();
+    // `name` in any case, then a slash. Setting bit 5 lower-cases a letter and maps no other byte onto one.
+    let word = |at: usize, name: &[u8]| {
+        bytes.len() > at + name.len() + 1
+            && bytes[at + name.len()] == b'/'
+            && bytes[at..at + name.len()].iter().zip(name).all(|(b, n)| b | 0x20 == *n)
+    };
+    if bytes.first() != Some(&b'/') {
+        return None;
+    }
+    // 0: repository, 1: organization, 2: user.
+    let (kind, rest) = if word(1, b"repos") {
+        (0, &path[7..])
+    } else if word(1, b"orgs") {
+        (1, &path[6..])
+    } else if word(1, b"users") {
+        (2, &path[7..])
+    } else {
+        return None;
+    };
+    let (owner, rest) = segment(rest);
+    if owner.is_empty() {
+        return None;
+    }
+    match kind {
+        1 => return Some(AccountRoute::Org(owner)),
+        2 => return Some(AccountRoute::User(owner)),
+        _ => {}
+    }
+    let (repo, _) = segment(rest);
+    if repo.is_empty() {
+        return None;
+    }
+    Some(AccountRoute::Repository(owner, repo))
+}
+
+/// The first segment of `path` and what follows its slash.
+#[inline]
+fn segment(path: &str) -> (&str, &str) {
+    match find_slash(path.as_bytes()) {
+        Some(end) => (&path[..end], &path[end + 1..]),
+        None => (path, ""),
+    }
+}
+
+/// Where the first `/` in `bytes` is, eight bytes at a time (GitHub names are short: one or two words).
+#[inline]
+fn find_slash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default()) ^ (ONES * u64::from(b'/'));
+        // The lowest zero byte sets its high bit exactly (false positives only above a true one).
+        let zero = word.wrapping_sub(ONES) & !word & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    bytes[at..].iter().position(|&b| b == b'/').map(|i| at + i)
 }
 
 /// Whether `bytes` holds a `.` or a `%`, eight bytes at a time (no call, no dispatch: request paths are short).
 #[inline]
-fn has_dot_or_percent(bytes: &[u8]) -> bool {
+pub(crate) fn has_dot_or_percent(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // A zero byte in `x` sets its high bit here (exactly, for the first zero; others may be false positives
@@ -285,9 +386,10 @@ mod tests {
             ("/app", false),
             ("/api/v3/orgs/../installation", false),
         ] {
-            assert_eq!(is_app_jwt_request(path, "/api/v3"), jwt, "{path}");
+            let unusual = super::has_dot_or_percent(path.as_bytes());
+            assert_eq!(is_app_jwt_request(path, "/api/v3", unusual), jwt, "{path}");
         }
-        assert!(is_app_jwt_request("/app", ""));
+        assert!(is_app_jwt_request("/app", "", false));
     }
 
     #[test]
@@ -328,5 +430,48 @@ mod tests {
         ] {
             assert_eq!(is_app_jwt_route(path), jwt, "{path}");
         }
+    }
+
+    #[test]
+    fn find_slash_finds_the_first_slash() {
+        for text in ["", "/", "a/", "abcdefgh/", "abcdefghi/j/", "abcdefghijklmnop", "abcdefg/h/", "0123456789abcde/"] {
+            assert_eq!(super::find_slash(text.as_bytes()), text.find('/'), "{text:?}");
+        }
+        for len in 0..40 {
+            for slash in 0..len {
+                let mut text = vec![b'x'; len];
+                text[slash] = b'/';
+                if slash + 1 < len {
+                    text[len - 1] = b'/';
+                }
+                assert_eq!(super::find_slash(&text), Some(slash));
+            }
+        }
+    }
+
+    #[test]
+    fn account_routes() {
+        use super::{AccountRoute, account_route, account_route_resolved};
+        let repo = |o, r| Some(AccountRoute::Repository(o, r));
+        assert_eq!(account_route("/repos/Octo-Org/octo-repo/issues/1", ""), repo("Octo-Org", "octo-repo"));
+        assert_eq!(account_route("/repos/o/r", ""), repo("o", "r"));
+        assert_eq!(account_route("/REPOS/o/r/", ""), repo("o", "r"));
+        assert_eq!(account_route("/repos/o", ""), None);
+        assert_eq!(account_route("/repos//r", ""), None);
+        assert_eq!(account_route("/repo/o/r", ""), None);
+        assert_eq!(account_route("/repoS/o/r", ""), repo("o", "r"));
+        assert_eq!(account_route("/rePo\x13/o/r", ""), None);
+        assert_eq!(account_route("/orgs/octo-org/members", ""), Some(AccountRoute::Org("octo-org")));
+        assert_eq!(account_route("/users/octocat", ""), Some(AccountRoute::User("octocat")));
+        assert_eq!(account_route("/users/", ""), None);
+        assert_eq!(account_route("/installation/repositories", ""), None);
+        assert_eq!(account_route("/api/v3/repos/o/r", "/api/v3"), repo("o", "r"));
+        assert_eq!(account_route("/repos/o/r", "/api/v3"), None);
+        let owned = |o: &str, r: &str| Some((o.to_owned(), Some(r.to_owned()), false));
+        assert_eq!(account_route_resolved("/repos/x/../o/r", ""), owned("o", "r"));
+        assert_eq!(account_route_resolved("/repos/a/b/../../../repos/o/r", ""), owned("o", "r"));
+        assert_eq!(account_route_resolved("/repos/%6F/r", ""), owned("o", "r"));
+        assert_eq!(account_route_resolved("/orgs/%6F", ""), Some(("o".to_owned(), None, true)));
+        assert_eq!(account_route_resolved("/users/o/x", ""), Some(("o".to_owned(), None, false)));
     }
 }

@@ -1,66 +1,63 @@
 use std::fmt;
-use std::ops::Deref;
 use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
-use arc_swap::cache::Cache;
 use std::task::{Context, Poll};
 
-use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::Stamp;
-use super::{InstallationAuthLayer, ResponseFuture, is_app_jwt_request};
+use super::{AppAuthLayer, InstallationAuthLayer, ResponseFuture, has_dot_or_percent, is_app_jwt_request};
 use crate::app::AppJwtUsed;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::installation::api_base::Target;
-use crate::installation::source::Handle;
-use crate::installation::token::TokenEntry;
 use crate::installation::{ApiBase, Installation};
+use crate::pool::InstallationPool;
+use crate::source::{Route, TokenSource};
 
-/// Middleware that stamps requests with an installation token. See the [module docs](crate::auth).
-pub struct InstallationAuth<S> {
+/// Middleware that stamps requests with the tokens of a token source. See the [module docs](crate::auth).
+#[allow(private_bounds)]
+pub struct GitHubAuth<S, T: TokenSource> {
     inner: S,
-    installation: Installation,
-    /// This clone's view of the current token: revalidated with one relaxed atomic load per request
-    /// (arc-swap's `Cache`). It may keep a replaced token alive until this clone's next request.
-    current: Cache<CurrentToken, Option<Arc<TokenEntry>>>,
-    /// This clone's own copy of the current token's header value, so that clones driven from different threads
-    /// do not contend on one reference count. Made once per token per clone.
-    stamp: Option<(u64, HeaderValue)>,
+    source: T,
+    /// This clone's hot-path cache of the source's tokens.
+    local: T::Local,
     pub(super) every_response: bool,
 }
 
-impl<S: Clone> Clone for InstallationAuth<S> {
+/// Stamps requests with the current token of one [`Installation`].
+pub type InstallationAuth<S> = GitHubAuth<S, Installation>;
+
+/// Stamps each request with a token of the installation it is for, from an [`InstallationPool`].
+pub type AppAuth<S> = GitHubAuth<S, InstallationPool>;
+
+#[allow(private_bounds)]
+impl<S: Clone, T: TokenSource> Clone for GitHubAuth<S, T> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            installation: self.installation.clone(),
-            current: self.current.clone(),
-            // A clone makes its own copy of the header value on first use.
-            stamp: None,
+            source: self.source.clone(),
+            local: self.local.clone(),
             every_response: self.every_response,
         }
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for InstallationAuth<S> {
+#[allow(private_bounds)]
+impl<S: fmt::Debug, T: TokenSource + fmt::Debug> fmt::Debug for GitHubAuth<S, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InstallationAuth")
+        f.debug_struct("GitHubAuth")
             .field("inner", &self.inner)
-            .field("installation", &self.installation)
+            .field("source", &self.source)
             .field("every_response", &self.every_response)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> InstallationAuth<S> {
+impl<S> GitHubAuth<S, Installation> {
     /// Wraps `inner`, authorizing its requests with `installation`'s tokens.
     pub fn new(inner: S, installation: Installation) -> Self {
-        let current = Cache::new(CurrentToken(Arc::clone(&installation.handle)));
-        Self { inner, installation, current, stamp: None, every_response: false }
+        Self::with_source(inner, installation)
     }
 
     /// A layer wrapping services in `InstallationAuth`.
@@ -70,7 +67,32 @@ impl<S> InstallationAuth<S> {
 
     /// The token source.
     pub fn installation(&self) -> &Installation {
-        &self.installation
+        &self.source
+    }
+}
+
+impl<S> GitHubAuth<S, InstallationPool> {
+    /// Wraps `inner`, authorizing each request with a token of its installation from `pool`.
+    pub fn new(inner: S, pool: InstallationPool) -> Self {
+        Self::with_source(inner, pool)
+    }
+
+    /// A layer wrapping services in `AppAuth`.
+    pub fn layer(pool: InstallationPool) -> AppAuthLayer {
+        AppAuthLayer::new(pool)
+    }
+}
+
+#[allow(private_bounds)]
+impl<S, T: TokenSource> GitHubAuth<S, T> {
+    pub(super) fn with_source(inner: S, source: T) -> Self {
+        let local = source.local();
+        Self { inner, source, local, every_response: false }
+    }
+
+    /// The token source.
+    pub fn source(&self) -> &T {
+        &self.source
     }
 
     /// Gets a reference to the inner service.
@@ -89,8 +111,10 @@ impl<S> InstallationAuth<S> {
     }
 }
 
-impl<S, B, ResB> Service<Request<B>> for InstallationAuth<S>
+#[allow(private_bounds)]
+impl<S, T, B, ResB> Service<Request<B>> for GitHubAuth<S, T>
 where
+    T: TokenSource,
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
 {
@@ -104,19 +128,21 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let shared = &self.installation.handle.shared;
-        let api_base = &shared.params.api_base;
-        let app_jwt_route = match api_base.target(request.uri()) {
-            Target::Api => is_app_jwt_request(request.uri().path(), api_base.path()),
+        let origin = self.source.origin();
+        let target = origin.target(request.uri());
+        // One scan decides whether the path must be resolved before it is read (for every route decision).
+        let unusual = has_dot_or_percent(request.uri().path().as_bytes());
+        let app_jwt_route = match target {
+            Target::Api => is_app_jwt_request(request.uri().path(), origin.path(), unusual),
             // Release assets take the installation token, never the App JWT.
             Target::Uploads => false,
-            // Another origin: never send it this installation's token.
+            // Another origin: never send it this source's tokens.
             Target::Elsewhere => return ResponseFuture::passthrough(self.inner.call(request)),
-            Target::NoHost => return ResponseFuture::failed(no_host(&shared.params.api_base)),
+            Target::NoHost => return ResponseFuture::failed(no_host(origin)),
         };
         if app_jwt_route && !request.headers().contains_key(AUTHORIZATION) {
             // App routes take the App JWT: cached for minutes, signed anew only near its expiry.
-            let app = shared.app.clone();
+            let app = self.source.app().clone();
             let clone = self.inner.clone();
             let ready = std::mem::replace(&mut self.inner, clone);
             let stamp = async move {
@@ -128,37 +154,30 @@ where
 
         // The hot path: one cache revalidation, one header clone. The token source (and its watchdog) withdraws
         // a token when its time for requests is over, so the hot path needs no clock.
-        if let Some(token) = self.current.load() {
-            let value = match &self.stamp {
-                Some((serial, value)) if *serial == token.serial => value.clone(),
-                _ => {
-                    let value = own_copy(&token.authorization);
-                    self.stamp = Some((token.serial, value.clone()));
-                    value
-                }
-            };
+        if let Some((value, token)) = self.source.current(&mut self.local, &request, Route { target, unusual }) {
+            // The future holds the token's entry only while every response needs it: before GitHub has proved
+            // the token (its first seconds), or when asked to. Otherwise it holds just the serial, and no
+            // reference count is touched beyond the header's.
+            let serial = token.serial;
+            let entry = (self.every_response || !token.replication.is_proven()).then(|| Arc::clone(token));
             let headers = request.headers_mut();
             if let Some(callers) = headers.insert(AUTHORIZATION, value) {
                 // The caller chose the credential: put it back and do not claim the request.
                 headers.insert(AUTHORIZATION, callers);
                 return ResponseFuture::passthrough(self.inner.call(request));
             }
-            // The future holds the token's entry only while every response needs it: before GitHub has proved
-            // the token (its first seconds), or when asked to. Otherwise it holds just the serial, and no
-            // reference count is touched beyond the header's.
-            let entry = (self.every_response || !token.replication.is_proven()).then(|| Arc::clone(token));
-            return ResponseFuture::stamped(self.inner.call(request), token.serial, entry, self.every_response);
+            return ResponseFuture::stamped(self.inner.call(request), serial, entry, self.every_response);
         }
         if request.headers().contains_key(AUTHORIZATION) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
 
-        // No usable token: wait for the refresher, then call the inner service that was polled ready.
+        // No usable token: wait for the source, then call the inner service that was polled ready.
+        let acquire = self.source.acquire(&request, Route { target, unusual });
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        let handle = Arc::clone(&self.installation.handle);
         ResponseFuture::waiting(
-            Box::pin(async move { handle.acquire(None).await.map(Stamp::Installation) }),
+            Box::pin(async move { acquire.await.map(Stamp::Installation) }),
             ready,
             request,
             self.every_response,
@@ -171,29 +190,8 @@ fn no_host(api_base: &ApiBase) -> Error {
     Error::new(
         ErrorKind::InvalidRequest,
         format!(
-            "the request URI has no host, so InstallationAuth cannot tell where its token would go: use absolute \
+            "the request URI has no host, so the auth layer cannot tell where its token would go: use absolute \
              URIs under {api_base} (clients that send path-only URIs need a layer that sets the base URI first)"
         ),
     )
-}
-
-/// A separately allocated copy of a (sensitive) header value.
-fn own_copy(value: &HeaderValue) -> HeaderValue {
-    let mut copy = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(value.as_bytes()))
-        .unwrap_or_else(|_| value.clone());
-    copy.set_sensitive(true);
-    // Cloning once turns it into a plain reference-counted handle, as cheap to clone as can be.
-    copy.clone()
-}
-
-/// Lets arc-swap's `Cache` reach the token source's `ArcSwap` through a handle that keeps it alive.
-#[derive(Clone)]
-struct CurrentToken(Arc<Handle>);
-
-impl Deref for CurrentToken {
-    type Target = ArcSwapOption<TokenEntry>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0.shared.current
-    }
 }

@@ -135,7 +135,7 @@ impl ApiBase {
     }
 
     /// Where `uri` goes: this API (and which route), its uploads origin, elsewhere, or nowhere.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn target(&self, uri: &Uri) -> Target {
         let Some(authority) = uri.authority() else {
             return Target::NoHost;
@@ -179,6 +179,11 @@ impl ApiBase {
     /// The path prefix (`/api/v3` on GitHub Enterprise Server, empty on github.com).
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The uploads origin's path prefix (`/api/uploads` on GitHub Enterprise Server, empty elsewhere).
+    pub(crate) fn uploads_path(&self) -> &str {
+        self.uploads.as_ref().map_or("", |uploads| uploads.path.as_str())
     }
 
     /// The host, for messages.
@@ -242,7 +247,7 @@ fn under(path: &str, prefix: &str) -> bool {
 /// Byte equality of two short strings in at most four word comparisons, without a call into libc's `memcmp`
 /// (whose vector code path costs more than the comparison itself for a host name).
 #[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;

@@ -55,7 +55,7 @@ where
 /// let scope = TokenScope::new().repositories(["octo-repo"]).permission("contents", "read");
 /// assert!(!scope.is_empty());
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 #[must_use]
 pub struct TokenScope {
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -143,13 +143,7 @@ pub(crate) async fn mint_once(app: &GitHubApp, client: &MintClient, params: &Min
     let attempt = async {
         let jwt = app.jwt().await?;
         let url = params.api_base.url(&format!("/app/installations/{}/access_tokens", params.installation_id))?;
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(url)
-            .header(ACCEPT, "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
-            .header(USER_AGENT, params.user_agent.clone())
-            .header(AUTHORIZATION, jwt.authorization());
+        let mut request = api_request(Method::POST, url, &params.user_agent, jwt.authorization());
         if params.body.is_some() {
             request = request.header(CONTENT_TYPE, "application/json");
         }
@@ -177,6 +171,66 @@ pub(crate) async fn mint_once(app: &GitHubApp, client: &MintClient, params: &Min
     };
     let (parts, body) = response.into_parts();
     read_answer(parts.status, &parts.headers, &body, app, params, jwt_offset)
+}
+
+/// A request to the REST API as GitHub asks for it: JSON media type, API version, `User-Agent`, credential.
+pub(crate) fn api_request(
+    method: Method,
+    url: http::Uri,
+    user_agent: &HeaderValue,
+    authorization: HeaderValue,
+) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(url)
+        .header(ACCEPT, "application/vnd.github+json")
+        .header("x-github-api-version", "2022-11-28")
+        .header(USER_AGENT, user_agent.clone())
+        .header(AUTHORIZATION, authorization)
+}
+
+/// [`mint_once`], plus one immediate retry when GitHub refused the JWT for clock skew and the App has just
+/// learned a different offset (the retry's JWT is corrected). `failed` is called for the first attempt when it
+/// is retried.
+pub(crate) async fn mint_correcting_skew(
+    app: &GitHubApp,
+    client: &MintClient,
+    params: &MintParams,
+    failed: impl FnOnce(&Error),
+) -> Result<Minted, Error> {
+    let offset_before = app.clock_offset();
+    let result = mint_once(app, client, params).await;
+    match &result {
+        Err(error) if error.kind() == ErrorKind::ClockSkew && app.clock_offset() != offset_before => {
+            failed(error);
+            mint_once(app, client, params).await
+        }
+        _ => result,
+    }
+}
+
+/// Sends `request` through `client` within `timeout`: the answer, read whole, or a transport or timeout error
+/// that says what was asked of which API.
+pub(crate) async fn send(
+    client: &MintClient,
+    request: Request<Bytes>,
+    timeout: Duration,
+    what: &str,
+    api_base: &ApiBase,
+) -> Result<Response<Bytes>, Error> {
+    let mut client = client.clone();
+    match tokio::time::timeout(timeout, async { client.ready().await?.call(request).await }).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => Err(Error::build(
+            ErrorKind::Transport,
+            format!("{what} could not be sent to {api_base}: check the network and the API base"),
+        )
+        .source(error)
+        .finish()),
+        Err(_) => {
+            Err(Error::new(ErrorKind::Timeout, format!("{what} got no answer from {api_base} within {timeout:?}")))
+        }
+    }
 }
 
 /// What GitHub's answer to a token request means: a token, or the error that says why not. `jwt_offset` is the

@@ -27,11 +27,13 @@
 //! ```
 
 pub(crate) mod api_base;
+#[macro_use]
+pub(crate) mod settings;
 pub(crate) mod mint;
 pub(crate) mod replication;
 pub(crate) mod source;
 pub(crate) mod token;
-mod watchdog;
+pub(crate) mod watchdog;
 
 pub use api_base::ApiBase;
 pub use mint::TokenScope;
@@ -49,7 +51,8 @@ use tower::Service;
 use crate::app::GitHubApp;
 use crate::error::{BoxError, Error, ErrorKind};
 use mint::MintParams;
-use source::{Handle, Shared, Timing};
+use settings::Settings;
+use source::{Handle, Shared};
 
 /// The token source of one installation: a cheaply cloneable handle to its current token, which a background
 /// task replaces ahead of expiry.
@@ -75,22 +78,7 @@ pub struct Installation {
 impl Installation {
     /// Starts configuring the token source for `installation_id` of `app`.
     pub fn builder(app: GitHubApp, installation_id: u64) -> InstallationBuilder {
-        InstallationBuilder {
-            app,
-            installation_id,
-            api_base: None,
-            uploads_base: None,
-            scope: TokenScope::new(),
-            timing: Timing {
-                refresh_before: InstallationBuilder::DEFAULT_REFRESH_BEFORE,
-                min_remaining: InstallationBuilder::DEFAULT_MIN_REMAINING,
-                backoff_min: Duration::from_secs(1),
-                backoff_max: Duration::from_secs(60),
-                replication_grace: Duration::from_secs(5),
-            },
-            mint_timeout: Duration::from_secs(30),
-            user_agent: None,
-        }
+        InstallationBuilder { app, installation_id, scope: TokenScope::new(), settings: Settings::default() }
     }
 
     /// The current token, minting one first if there is none (or it is about to expire).
@@ -107,7 +95,7 @@ impl Installation {
 
     /// Drops `token` if it is still the current one, so the next request gets a freshly minted token.
     pub fn invalidate(&self, token: &InstallationToken) -> bool {
-        self.handle.shared.invalidate(token.entry.serial)
+        self.handle.shared.invalidate_serial(token.entry.serial)
     }
 
     /// What the token source has done so far.
@@ -149,12 +137,8 @@ impl fmt::Debug for Installation {
 pub struct InstallationBuilder {
     app: GitHubApp,
     installation_id: u64,
-    api_base: Option<String>,
-    uploads_base: Option<String>,
     scope: TokenScope,
-    timing: Timing,
-    mint_timeout: Duration,
-    user_agent: Option<String>,
+    settings: Settings,
 }
 
 impl InstallationBuilder {
@@ -163,65 +147,11 @@ impl InstallationBuilder {
     /// Stop stamping requests with a token when this much of its life remains: 1 minute.
     pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(60);
 
-    /// The REST API base: `https://api.github.com` (default), `https://HOST/api/v3` for GitHub Enterprise Server.
-    /// Checked by [`ApiBase::parse`] when the source is built.
-    pub fn api_base(mut self, url: &str) -> Self {
-        self.api_base = Some(url.to_owned());
-        self
-    }
-
-    /// Where release assets are uploaded, when not where GitHub puts them for the API base
-    /// (`https://uploads.github.com`, `https://uploads.SUBDOMAIN.ghe.com`, `https://HOST/api/uploads`): for test
-    /// servers and proxies. Tokens are sent there too. Checked by [`ApiBase::with_uploads`].
-    pub fn uploads_base(mut self, url: &str) -> Self {
-        self.uploads_base = Some(url.to_owned());
-        self
-    }
+    settings_methods!();
 
     /// Limits tokens to repositories and permissions. By default they cover the whole installation.
     pub fn scope(mut self, scope: TokenScope) -> Self {
         self.scope = scope;
-        self
-    }
-
-    /// Replace the token when this much of its life remains (default 10 minutes; jittered up to 20 % earlier).
-    /// For short-lived tokens (test servers) at most a third of the lifetime is used.
-    pub fn refresh_before(mut self, before: Duration) -> Self {
-        self.timing.refresh_before = before;
-        self
-    }
-
-    /// Stop stamping requests with a token when this much of its life remains (default 1 minute, at most a
-    /// tenth of the lifetime). The refresher replaces it long before that, unless GitHub is failing.
-    pub fn min_remaining(mut self, remaining: Duration) -> Self {
-        self.timing.min_remaining = remaining;
-        self
-    }
-
-    /// Backoff between failed mint attempts: exponential from `min` to `max`, with jitter (default 1 s to 60 s).
-    pub fn refresh_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.timing.backoff_min = min;
-        self.timing.backoff_max = max;
-        self
-    }
-
-    /// After a scheduled refresh, keep stamping the old (still valid) token this long before switching to the
-    /// new one, so requests do not meet GitHub's replication lag of fresh tokens (default 5 s, at most a tenth
-    /// of the lifetime; zero switches at once). A cold start or an invalidation never waits for it.
-    pub fn replication_grace(mut self, grace: Duration) -> Self {
-        self.timing.replication_grace = grace;
-        self
-    }
-
-    /// How long one token request may take before it counts as failed (default 30 s).
-    pub fn mint_timeout(mut self, timeout: Duration) -> Self {
-        self.mint_timeout = timeout;
-        self
-    }
-
-    /// The `User-Agent` of token requests (default `tower-github-app/VERSION`). GitHub asks for the App's name.
-    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
-        self.user_agent = Some(user_agent.into());
         self
     }
 
@@ -243,7 +173,7 @@ impl InstallationBuilder {
     {
         let params = self.params()?;
         let scoped = !self.scope.is_empty();
-        let shared = Shared::new(self.app, mint::erase(client), params, scoped, self.timing);
+        let shared = Shared::new(self.app, mint::erase(client), params, scoped, self.settings.timing);
         Ok(Installation { handle: Arc::new(Handle::new(shared)) })
     }
 
@@ -261,62 +191,31 @@ impl InstallationBuilder {
     {
         let params = self.params()?;
         let minted = mint::mint_once(&self.app, &mint::erase(client), &params).await?;
-        let entry = self.timing.entry(minted, self.installation_id, !self.scope.is_empty(), Weak::new());
+        let entry = self.settings.timing.entry(
+            minted,
+            self.installation_id,
+            !self.scope.is_empty(),
+            Weak::<source::Shared>::new(),
+        );
         Ok(InstallationToken { entry: entry.share() })
     }
 
     fn params(&self) -> Result<MintParams, Error> {
-        let config = |message: String| Error::new(ErrorKind::InvalidConfig, message);
         if self.installation_id == 0 {
-            return Err(config(
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
                 "installation id 0 does not exist: use the id from the installation's settings URL, a webhook's \
-                 installation.id, or GET /repos/{owner}/{repo}/installation"
-                    .into(),
+                 installation.id, or GET /repos/{owner}/{repo}/installation",
             ));
         }
-        let t = &self.timing;
-        if t.refresh_before.is_zero() || t.min_remaining >= t.refresh_before {
-            return Err(config(format!(
-                "refresh_before ({:?}) must be longer than min_remaining ({:?}), or tokens would expire before \
-                 they are replaced",
-                t.refresh_before, t.min_remaining
-            )));
-        }
-        if t.refresh_before >= Duration::from_secs(59 * 60) {
-            return Err(config(format!(
-                "refresh_before ({:?}) is at least the 59 minutes a token lives: tokens would be replaced as soon \
-                 as they arrive. The default is 10 minutes",
-                t.refresh_before
-            )));
-        }
-        if t.backoff_min.is_zero() || t.backoff_min > t.backoff_max {
-            return Err(config(format!(
-                "refresh_backoff({:?}, {:?}) needs 0 < min <= max",
-                t.backoff_min, t.backoff_max
-            )));
-        }
-        if self.mint_timeout.is_zero() {
-            return Err(config("mint_timeout must be longer than zero".into()));
-        }
         self.scope.validate()?;
-        let mut api_base = match &self.api_base {
-            Some(url) => ApiBase::parse(url)?,
-            None => ApiBase::github_com(),
-        };
-        if let Some(url) = &self.uploads_base {
-            api_base = api_base.with_uploads(url)?;
-        }
-        let user_agent = match &self.user_agent {
-            Some(ua) => HeaderValue::try_from(ua.as_str())
-                .map_err(|_| config("the user agent contains characters not allowed in an HTTP header".into()))?,
-            None => HeaderValue::from_static(concat!("tower-github-app/", env!("CARGO_PKG_VERSION"))),
-        };
+        let checked = self.settings.check()?;
         Ok(MintParams {
-            api_base,
+            api_base: checked.api_base,
             installation_id: self.installation_id,
             body: self.scope.body(),
-            user_agent,
-            timeout: self.mint_timeout,
+            user_agent: checked.user_agent,
+            timeout: checked.timeout,
         })
     }
 }
@@ -326,11 +225,76 @@ impl fmt::Debug for InstallationBuilder {
         f.debug_struct("InstallationBuilder")
             .field("app", self.app.id())
             .field("installation_id", &self.installation_id)
-            .field("api_base", &self.api_base)
-            .field("uploads_base", &self.uploads_base)
             .field("scope", &self.scope)
-            .field("timing", &self.timing)
-            .field("mint_timeout", &self.mint_timeout)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
+    }
+}
+
+/// Each service clone's view of the installation's current token.
+pub(crate) struct InstallationLocal {
+    /// Revalidated with one relaxed atomic load per request (arc-swap's `Cache`). It may keep a replaced token
+    /// alive until this clone's next request.
+    current: arc_swap::cache::Cache<CurrentToken, Option<Arc<token::TokenEntry>>>,
+    /// This clone's own copy of the current token's header value. Made once per token per clone.
+    stamp: Option<(u64, HeaderValue)>,
+}
+
+impl Clone for InstallationLocal {
+    fn clone(&self) -> Self {
+        // A clone makes its own copy of the header value on first use.
+        Self { current: self.current.clone(), stamp: None }
+    }
+}
+
+/// Lets arc-swap's `Cache` reach the token source's `ArcSwap` through a handle that keeps it alive.
+#[derive(Clone)]
+struct CurrentToken(Arc<Handle>);
+
+impl std::ops::Deref for CurrentToken {
+    type Target = arc_swap::ArcSwapOption<token::TokenEntry>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.shared.current
+    }
+}
+
+impl crate::source::TokenSource for Installation {
+    type Local = InstallationLocal;
+
+    fn local(&self) -> InstallationLocal {
+        InstallationLocal { current: arc_swap::cache::Cache::new(CurrentToken(Arc::clone(&self.handle))), stamp: None }
+    }
+
+    fn origin(&self) -> &ApiBase {
+        &self.handle.shared.params.api_base
+    }
+
+    fn app(&self) -> &GitHubApp {
+        &self.handle.shared.app
+    }
+
+    #[inline]
+    fn current<'l, B>(
+        &self,
+        local: &'l mut InstallationLocal,
+        _: &Request<B>,
+        _: crate::source::Route,
+    ) -> Option<(HeaderValue, &'l Arc<token::TokenEntry>)> {
+        let token = local.current.load().as_ref()?;
+        let value = match &local.stamp {
+            Some((serial, value)) if *serial == token.serial => value.clone(),
+            _ => {
+                let value = crate::source::own_copy(&token.authorization);
+                local.stamp = Some((token.serial, value.clone()));
+                value
+            }
+        };
+        Some((value, token))
+    }
+
+    fn acquire<B>(&self, _: &Request<B>, _: crate::source::Route) -> crate::source::Acquire {
+        let handle = Arc::clone(&self.handle);
+        Box::pin(async move { handle.acquire(None).await })
     }
 }

@@ -24,7 +24,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::mint::{MintClient, MintParams, Minted, mint_once};
+use super::mint::{MintClient, MintParams, Minted, mint_correcting_skew};
 use super::token::TokenEntry;
 use super::watchdog::{self, Registration, Watched};
 use crate::app::GitHubApp;
@@ -35,7 +35,7 @@ use crate::error::{Error, ErrorKind};
 pub(crate) const ACK_PATIENCE: Duration = Duration::from_millis(500);
 
 /// How far past the moment it said it would wake a refresher may be before the watchdog counts it as stalled.
-const OVERSLEEP: Duration = Duration::from_millis(200);
+pub(crate) const OVERSLEEP: Duration = Duration::from_millis(200);
 
 /// The real-clock moment matching a moment on the Tokio clock (which tests pause and advance).
 pub(crate) fn real_time(at: Instant) -> std::time::Instant {
@@ -61,7 +61,7 @@ impl Timing {
         minted: Minted,
         installation_id: u64,
         scoped: bool,
-        source: std::sync::Weak<Shared>,
+        source: std::sync::Weak<dyn crate::source::Invalidate>,
     ) -> TokenEntry {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
         let lifetime = minted.expires.saturating_duration_since(minted.received_at);
@@ -71,17 +71,18 @@ impl Timing {
             authorization: minted.authorization,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             installation_id,
-            expires_at: minted.expires_at,
+            expires_at_ms: TokenEntry::millis_since_epoch(minted.expires_at),
             received_at: minted.received_at,
-            expires: minted.expires,
-            usable_until: minted.expires - margin,
+            expires_ms: 0,
+            usable_ms: 0,
+            refresh_ms: 0,
             usable_until_real: real_time(minted.expires - margin),
-            refresh_at: minted.expires - ahead,
             scoped,
-            details: minted.details,
+            details: minted.details.intern(),
             source,
             replication: Default::default(),
         }
+        .with_times(minted.expires, minted.expires - margin, minted.expires - ahead)
     }
 }
 
@@ -180,7 +181,7 @@ pub(crate) struct Shared {
 }
 
 /// The origin of `wakes_by`.
-fn epoch() -> std::time::Instant {
+pub(crate) fn epoch() -> std::time::Instant {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(std::time::Instant::now)
 }
@@ -239,7 +240,7 @@ impl Shared {
     }
 
     /// Drops the token with this serial if it is still the current one, and asks for a new one.
-    pub(crate) fn invalidate(&self, serial: u64) -> bool {
+    pub(crate) fn invalidate_serial(&self, serial: u64) -> bool {
         let mut dropped = false;
         let before = self.current.rcu(|current| {
             dropped = current.as_ref().is_some_and(|token| token.serial == serial);
@@ -278,7 +279,7 @@ impl Shared {
 
     /// Withdraws the current token if its time for requests is over.
     fn withdraw_if_spent(&self, now: Instant) {
-        if let Some(token) = self.take_current_if(|token| now >= token.usable_until) {
+        if let Some(token) = self.take_current_if(|token| now >= token.usable_until()) {
             tracing::warn!(
                 installation = self.params.installation_id,
                 serial = token.serial,
@@ -303,13 +304,13 @@ impl Shared {
     fn adopt(&self, token: Arc<TokenEntry>) {
         let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((older, _)) = parked.as_mut() {
-            if older.expires < token.expires {
+            if older.expires() < token.expires() {
                 *older = token;
             }
             return;
         }
         drop(parked);
-        let newer = |current: &Option<Arc<TokenEntry>>| current.as_ref().is_none_or(|c| c.expires < token.expires);
+        let newer = |current: &Option<Arc<TokenEntry>>| current.as_ref().is_none_or(|c| c.expires() < token.expires());
         if newer(&self.current.load()) {
             self.replace_current(Some(Arc::clone(&token)));
             self.status.send_replace(Status::Ready);
@@ -322,11 +323,11 @@ impl Shared {
         let wanted = *self.wanted.lock().unwrap_or_else(|e| e.into_inner());
         let needed = match current.as_deref() {
             None => true,
-            Some(token) => now >= token.usable_until || wanted.is_some_and(|w| !token.is_valid_for(now, w)),
+            Some(token) => now >= token.usable_until() || wanted.is_some_and(|w| !token.is_valid_for(now, w)),
         };
         match (needed, retry_at, current.as_deref()) {
             (_, Some(retry_at), _) => retry_at,
-            (false, None, Some(token)) => token.refresh_at,
+            (false, None, Some(token)) => token.refresh_at(),
             _ => now,
         }
     }
@@ -337,20 +338,15 @@ impl Shared {
         self.params.timeout + Duration::from_secs(1)
     }
 
-    /// One mint, plus one immediate retry when GitHub refused the JWT for clock skew and the App has just
-    /// learned a different offset (the retry's JWT is corrected).
+    /// One mint (corrected once for clock skew).
     async fn mint(self: &Arc<Self>) -> Result<TokenEntry, Error> {
-        let offset_before = self.app.clock_offset();
-        let mut result = mint_once(&self.app, &self.client, &self.params).await;
-        if let Err(error) = &result
-            && error.kind() == ErrorKind::ClockSkew
-            && self.app.clock_offset() != offset_before
-        {
+        let failed = |error: &Error| {
             self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
-            result = mint_once(&self.app, &self.client, &self.params).await;
-        }
-        result.map(|minted| self.timing.entry(minted, self.params.installation_id, self.scoped, Arc::downgrade(self)))
+        };
+        let result = mint_correcting_skew(&self.app, &self.client, &self.params, failed).await;
+        let source: Weak<dyn crate::source::Invalidate> = Arc::downgrade(self) as _;
+        result.map(|minted| self.timing.entry(minted, self.params.installation_id, self.scoped, source))
     }
 
     fn backoff(&self, failures: u32, now: Instant) -> Duration {
@@ -358,8 +354,8 @@ impl Shared {
         let delay = exponential.min(self.timing.backoff_max).mul_f64(0.5 + fastrand::f64() * 0.5);
         // While the old token is still usable, try again at least twice before it runs out.
         match self.current.load().as_deref() {
-            Some(token) if token.usable_until > now => {
-                delay.min(((token.usable_until - now) / 2).max(self.timing.backoff_min))
+            Some(token) if token.usable_until() > now => {
+                delay.min(((token.usable_until() - now) / 2).max(self.timing.backoff_min))
             }
             _ => delay,
         }
@@ -515,8 +511,14 @@ impl Shared {
 
 fn is_valid(token: &TokenEntry, now: Instant, validity: Option<Duration>) -> bool {
     match validity {
-        None => now < token.usable_until,
+        None => now < token.usable_until(),
         Some(validity) => token.is_valid_for(now, validity),
+    }
+}
+
+impl crate::source::Invalidate for Shared {
+    fn invalidate(&self, serial: u64) -> bool {
+        self.invalidate_serial(serial)
     }
 }
 
@@ -752,7 +754,7 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
         shared.withdraw_if_spent(now);
         let due = shared.next_mint(now, retry_at);
         if due > now {
-            let spent_at = shared.current.load().as_ref().map(|t| t.usable_until);
+            let spent_at = shared.current.load().as_ref().map(|t| t.usable_until());
             let wake_at = spent_at.map_or(due, |spent_at| due.min(spent_at));
             shared.heartbeat(wake_at);
             tokio::select! {
@@ -787,10 +789,10 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                 // A scheduled refresh while the old token still serves: keep stamping the old one while GitHub
                 // replicates the new one, so requests never meet a token GitHub may not know yet. Anyone who
                 // asks for a token meanwhile (an invalidation, token_valid_for) ends the wait.
-                let lifetime = token.expires.saturating_duration_since(token.received_at);
+                let lifetime = token.expires().saturating_duration_since(token.received_at);
                 let grace = shared.timing.replication_grace.min(lifetime / 10);
                 let old_serves =
-                    shared.current.load().as_ref().is_some_and(|old| Instant::now() + grace < old.usable_until);
+                    shared.current.load().as_ref().is_some_and(|old| Instant::now() + grace < old.usable_until());
                 shared.lifetime_ms.store(lifetime.as_millis().max(1) as u64, Ordering::Relaxed);
                 let token = token.share();
                 if wanted.is_none() && old_serves && !grace.is_zero() {
@@ -819,7 +821,7 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                 tracing::debug!(
                     installation,
                     serial = token.serial,
-                    expires_at = %humantime::format_rfc3339_seconds(token.expires_at),
+                    expires_at = %humantime::format_rfc3339_seconds(token.expires_at()),
                     "installation token minted"
                 );
                 shared.replace_current(Some(token));

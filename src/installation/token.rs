@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::replication::Replication;
-use super::source::Shared;
+use crate::source::Invalidate;
 
 /// Everything known about one minted installation token. Built once per mint; requests share it.
 pub(crate) struct TokenEntry {
@@ -18,26 +18,31 @@ pub(crate) struct TokenEntry {
     pub(crate) authorization: HeaderValue,
     pub(crate) serial: u64,
     pub(crate) installation_id: u64,
-    pub(crate) expires_at: SystemTime,
+    /// `expires_at` as GitHub sent it, in milliseconds after the Unix epoch.
+    pub(crate) expires_at_ms: i64,
     pub(crate) received_at: Instant,
-    /// When the token expires, on the local monotonic clock.
-    pub(crate) expires: Instant,
+    /// When the token expires, on the local monotonic clock: milliseconds after `received_at` (so that a pool of
+    /// 15,000 tokens keeps 12 bytes of times per token rather than 48).
+    pub(crate) expires_ms: u32,
     /// Its end of use for requests: the refresher withdraws it then if no replacement arrived (the hot path
-    /// itself reads no clock).
-    pub(crate) usable_until: Instant,
-    /// The same moment on the real clock, for the watchdog thread, which withdraws it when no runtime drives
+    /// itself reads no clock). Milliseconds after `received_at`.
+    pub(crate) usable_ms: u32,
+    /// When the refresher replaces it. Milliseconds after `received_at`.
+    pub(crate) refresh_ms: u32,
+    /// Its end of use on the real clock, for the watchdog thread, which withdraws it when no runtime drives
     /// the refresher.
     pub(crate) usable_until_real: std::time::Instant,
-    /// When the refresher replaces it.
-    pub(crate) refresh_at: Instant,
     pub(crate) scoped: bool,
-    pub(crate) details: TokenDetails,
-    pub(crate) source: Weak<Shared>,
+    /// Shared by every token with the same permissions and repositories (most installations of an App have the
+    /// same), so a pool of 15,000 tokens keeps a handful of copies.
+    pub(crate) details: Arc<TokenDetails>,
+    /// Where `invalidate` goes: the source that minted it.
+    pub(crate) source: Weak<dyn Invalidate>,
     /// Whether GitHub accepted it yet, and the probes of its replication lag.
     pub(crate) replication: Replication,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize)]
 pub(crate) struct TokenDetails {
     #[serde(default)]
     pub(crate) permissions: BTreeMap<String, String>,
@@ -47,11 +52,72 @@ pub(crate) struct TokenDetails {
     pub(crate) repositories: Vec<Repository>,
 }
 
+impl TokenDetails {
+    /// The one shared copy of these details.
+    pub(crate) fn intern(self) -> Arc<TokenDetails> {
+        static INTERNED: Mutex<Option<std::collections::HashSet<Arc<TokenDetails>>>> = Mutex::new(None);
+        let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        let set = interned.get_or_insert_with(Default::default);
+        if let Some(found) = set.get(&self) {
+            return Arc::clone(found);
+        }
+        // Forget details no token holds any more, whenever the set has doubled since.
+        if set.len() >= 64 && set.len().is_power_of_two() {
+            set.retain(|details| Arc::strong_count(details) > 1);
+        }
+        let details = Arc::new(self);
+        set.insert(Arc::clone(&details));
+        details
+    }
+}
+
 /// Every live token by serial, for the rare response (a `401`) that needs the entry of a token its request did
 /// not hold on to. Written once per mint and once per drop; read only on refusals.
 static REGISTRY: Mutex<BTreeMap<u64, Weak<TokenEntry>>> = Mutex::new(BTreeMap::new());
 
+/// Milliseconds from `from` to `to` (0 if `to` is earlier), for [`TokenEntry`]'s times.
+pub(crate) fn millis_between(from: Instant, to: Instant) -> u32 {
+    u32::try_from(to.saturating_duration_since(from).as_millis()).unwrap_or(u32::MAX)
+}
+
 impl TokenEntry {
+    /// Sets the token's times, all on the local monotonic clock.
+    pub(crate) fn with_times(mut self, expires: Instant, usable_until: Instant, refresh_at: Instant) -> Self {
+        self.expires_ms = millis_between(self.received_at, expires);
+        self.usable_ms = millis_between(self.received_at, usable_until);
+        self.refresh_ms = millis_between(self.received_at, refresh_at);
+        self
+    }
+
+    /// `expires_at` as GitHub sent it (GitHub's clock).
+    pub(crate) fn expires_at(&self) -> SystemTime {
+        let offset = Duration::from_millis(self.expires_at_ms.unsigned_abs());
+        if self.expires_at_ms >= 0 { SystemTime::UNIX_EPOCH + offset } else { SystemTime::UNIX_EPOCH - offset }
+    }
+
+    /// [`expires_at`](Self::expires_at) as stored.
+    pub(crate) fn millis_since_epoch(t: SystemTime) -> i64 {
+        match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// When the token expires, on the local monotonic clock.
+    pub(crate) fn expires(&self) -> Instant {
+        self.received_at + Duration::from_millis(self.expires_ms.into())
+    }
+
+    /// Its end of use for requests.
+    pub(crate) fn usable_until(&self) -> Instant {
+        self.received_at + Duration::from_millis(self.usable_ms.into())
+    }
+
+    /// When it is to be replaced.
+    pub(crate) fn refresh_at(&self) -> Instant {
+        self.received_at + Duration::from_millis(self.refresh_ms.into())
+    }
+
     /// Puts the entry behind an `Arc` and registers it under its serial.
     pub(crate) fn share(self) -> Arc<TokenEntry> {
         let entry = Arc::new(self);
@@ -65,7 +131,7 @@ impl TokenEntry {
     }
 
     pub(crate) fn is_valid_for(&self, now: Instant, validity: Duration) -> bool {
-        now + validity <= self.expires
+        now + validity <= self.expires()
     }
 }
 
@@ -76,7 +142,7 @@ impl Drop for TokenEntry {
 }
 
 /// A repository an installation token was limited to, as GitHub lists it in the token response.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub struct Repository {
     /// The repository's id.
     pub id: u64,
@@ -115,12 +181,12 @@ impl InstallationToken {
 
     /// `expires_at` as GitHub sent it (GitHub's clock).
     pub fn expires_at(&self) -> SystemTime {
-        self.entry.expires_at
+        self.entry.expires_at()
     }
 
     /// How long it stays valid, measured on the local monotonic clock from GitHub's `expires_at` and `Date`.
     pub fn remaining(&self) -> Duration {
-        self.entry.expires.saturating_duration_since(Instant::now())
+        self.entry.expires().saturating_duration_since(Instant::now())
     }
 
     /// How long ago it was received.
@@ -159,7 +225,7 @@ impl fmt::Debug for InstallationToken {
         f.debug_struct("InstallationToken")
             .field("serial", &self.entry.serial)
             .field("installation_id", &self.entry.installation_id)
-            .field("expires_at", &humantime::format_rfc3339_seconds(self.entry.expires_at))
+            .field("expires_at", &humantime::format_rfc3339_seconds(self.entry.expires_at()))
             .field("scoped", &self.entry.scoped)
             .field("token", &"[redacted]")
             .finish()

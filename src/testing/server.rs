@@ -113,6 +113,15 @@ struct InstallationFixture {
     repositories: Vec<String>,
     permissions: BTreeMap<String, String>,
     suspended: bool,
+    /// `repository_selection: "all"` rather than `"selected"`.
+    all_repositories: bool,
+}
+
+impl InstallationFixture {
+    /// Whether it covers the repository `owner/name`, named in any case (as GitHub matches names).
+    fn covers(&self, full_name: &str) -> bool {
+        self.repositories.iter().any(|r| r.eq_ignore_ascii_case(full_name))
+    }
 }
 
 struct IssuedToken {
@@ -229,8 +238,19 @@ impl FakeGitHubBuilder {
         self
     }
 
-    /// Registers an installation of `app_id` on `account` with access to `repositories` (`owner/name`).
-    pub fn installation(mut self, id: u64, app_id: u64, account: &str, repositories: &[&str]) -> Self {
+    /// Registers an installation of `app_id` on `account` with access to `repositories` (`owner/name`), as an
+    /// installation on selected repositories (`repository_selection: "selected"`).
+    pub fn installation(self, id: u64, app_id: u64, account: &str, repositories: &[&str]) -> Self {
+        self.add_installation(id, app_id, account, repositories, false)
+    }
+
+    /// Registers an installation of `app_id` on all of `account`'s repositories (`repository_selection: "all"`),
+    /// which are `repositories` (`owner/name`).
+    pub fn installation_on_all(self, id: u64, app_id: u64, account: &str, repositories: &[&str]) -> Self {
+        self.add_installation(id, app_id, account, repositories, true)
+    }
+
+    fn add_installation(mut self, id: u64, app_id: u64, account: &str, repositories: &[&str], all: bool) -> Self {
         self.state.installations.insert(
             id,
             InstallationFixture {
@@ -239,6 +259,7 @@ impl FakeGitHubBuilder {
                 repositories: repositories.iter().map(|r| (*r).to_owned()).collect(),
                 permissions: default_permissions(),
                 suspended: false,
+                all_repositories: all,
             },
         );
         self
@@ -455,6 +476,20 @@ impl FakeGitHub {
         }
     }
 
+    /// Deletes an installation (the App was uninstalled): its tokens stop working, its lookups answer `404`.
+    pub fn delete_installation(&self, installation_id: u64) {
+        let mut state = self.state();
+        state.installations.remove(&installation_id);
+        for token in state.tokens.values_mut().filter(|t| t.installation_id == installation_id) {
+            token.revoked = true;
+        }
+    }
+
+    /// How many installation lookups (`GET .../installation` with an App JWT) the server answered.
+    pub fn lookup_count(&self) -> usize {
+        self.state().requests.iter().filter(|r| r.method == Method::GET && r.path.ends_with("/installation")).count()
+    }
+
     /// Revokes every token issued so far.
     pub fn revoke_all_tokens(&self) {
         for token in self.state().tokens.values_mut() {
@@ -591,7 +626,7 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>, uploads: b
         (&Method::GET, ["repos", owner, repo, "installation"]) => {
             let full_name = format!("{owner}/{repo}");
             with_jwt(&s, authorization.as_deref(), |s, app| {
-                match s.installations.iter().find(|(_, i)| i.app_id == app && i.repositories.contains(&full_name)) {
+                match s.installations.iter().find(|(_, i)| i.app_id == app && i.covers(&full_name)) {
                     Some((id, i)) => ok(s, installation_json(s, *id, i)),
                     None => not_found(s),
                 }
@@ -610,8 +645,11 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>, uploads: b
         (&Method::GET, ["repos", owner, repo]) => {
             let full_name = format!("{owner}/{repo}");
             let (credential, response) = with_token(&mut s, authorization.as_deref(), |s, installation, token| {
-                let visible = s.installations[&installation].repositories.contains(&full_name)
-                    && token.repositories.as_ref().is_none_or(|names| names.iter().any(|n| *n == *repo));
+                let visible = s.installations[&installation].covers(&full_name)
+                    && token
+                        .repositories
+                        .as_ref()
+                        .is_none_or(|names| names.iter().any(|n| n.eq_ignore_ascii_case(repo)));
                 if !visible {
                     return not_found(s);
                 }
@@ -731,8 +769,11 @@ fn installation_json(s: &State, id: u64, installation: &InstallationFixture) -> 
         installation.app_id,
         client_id,
         &installation.account,
-        &installation.permissions,
-        installation.suspended,
+        github::Access {
+            permissions: &installation.permissions,
+            suspended: installation.suspended,
+            all_repositories: installation.all_repositories,
+        },
     )
 }
 
@@ -747,7 +788,7 @@ fn upload(s: &mut State, parts: &http::request::Parts, path: &str, size: usize) 
             let release = release.parse::<u64>().unwrap_or(0);
             let name = name.to_owned();
             with_token(s, authorization.as_deref(), |s, installation, _| {
-                if !s.installations[&installation].repositories.contains(&full_name) {
+                if !s.installations[&installation].covers(&full_name) {
                     return not_found(s);
                 }
                 let id = github::id_of(&format!("{full_name}/{release}/{name}"));

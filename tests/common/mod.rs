@@ -42,13 +42,48 @@ pub fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-/// A token endpoint in process: answers every mint at once with a fresh one-hour token, and counts them. No
-/// sockets, no tasks, so thousands of token sources and runtimes cost next to nothing.
+/// A token endpoint in process: answers every mint at once with a fresh one-hour token (or `lifetime`), and
+/// counts them, by installation and by moment; answers `DELETE /installation/token` with `204`. No sockets, no
+/// tasks, so thousands of token sources and runtimes cost next to nothing.
 #[derive(Clone, Default)]
 pub struct TokenEndpoint {
     pub mints: Arc<AtomicU64>,
     /// How many of the next token requests to answer `502` instead.
     pub failures: Arc<AtomicU64>,
+    /// Token lifetime in seconds (0: an hour).
+    pub lifetime_secs: Arc<AtomicU64>,
+    /// Installation id and Tokio-clock moment of every mint.
+    pub minted: Arc<std::sync::Mutex<Vec<(u64, tokio::time::Instant)>>>,
+    /// `DELETE /installation/token` requests.
+    pub revocations: Arc<AtomicU64>,
+    /// Answer as GitHub does today: 520-character stateless tokens, with permissions and repository selection.
+    pub github_sized: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TokenEndpoint {
+    /// Mints per installation.
+    pub fn mints_by_installation(&self) -> std::collections::HashMap<u64, u64> {
+        let mut counts = std::collections::HashMap::new();
+        for (installation, _) in self.minted.lock().unwrap().iter() {
+            *counts.entry(*installation).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The most mints that fell in any one-second window.
+    pub fn peak_mints_per_second(&self) -> usize {
+        let mut at: Vec<tokio::time::Instant> = self.minted.lock().unwrap().iter().map(|(_, t)| *t).collect();
+        at.sort();
+        let mut peak = 0;
+        let mut start = 0;
+        for end in 0..at.len() {
+            while at[end] - at[start] >= Duration::from_secs(1) {
+                start += 1;
+            }
+            peak = peak.max(end - start + 1);
+        }
+        peak
+    }
 }
 
 impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
@@ -60,9 +95,13 @@ impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _request: Request<Full<Bytes>>) -> Self::Future {
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
         static SERIAL: AtomicU64 = AtomicU64::new(1);
         let now = SystemTime::now();
+        if request.method() == http::Method::DELETE {
+            self.revocations.fetch_add(1, Ordering::Relaxed);
+            return std::future::ready(Ok(Response::builder().status(204).body(Full::default()).unwrap()));
+        }
         if self.failures.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             let response = Response::builder()
                 .status(502)
@@ -72,11 +111,21 @@ impl tower::Service<Request<Full<Bytes>>> for TokenEndpoint {
             return std::future::ready(Ok(response));
         }
         self.mints.fetch_add(1, Ordering::Relaxed);
-        let body = format!(
-            r#"{{"token":"ghs_{:036}","expires_at":"{}"}}"#,
-            SERIAL.fetch_add(1, Ordering::Relaxed),
-            humantime::format_rfc3339_seconds(now + Duration::from_secs(3600))
-        );
+        let installation = request.uri().path().split('/').nth(3).and_then(|id| id.parse().ok()).unwrap_or(0);
+        self.minted.lock().unwrap().push((installation, tokio::time::Instant::now()));
+        let lifetime = match self.lifetime_secs.load(Ordering::Relaxed) {
+            0 => 3600,
+            secs => secs,
+        };
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let expires_at = humantime::format_rfc3339_seconds(now + Duration::from_secs(lifetime));
+        let body = if self.github_sized.load(Ordering::Relaxed) {
+            format!(
+                r#"{{"token":"ghs_{serial:0516}","expires_at":"{expires_at}","permissions":{{"contents":"write","issues":"write","metadata":"read","pull_requests":"write"}},"repository_selection":"all"}}"#
+            )
+        } else {
+            format!(r#"{{"token":"ghs_{serial:036}","expires_at":"{expires_at}"}}"#)
+        };
         let response = Response::builder()
             .status(201)
             .header("date", httpdate::fmt_http_date(now))

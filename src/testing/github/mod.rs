@@ -91,9 +91,9 @@ pub(super) fn installation(
     app_id: u64,
     client_id: &str,
     account: &str,
-    permissions: &BTreeMap<String, String>,
-    suspended: bool,
+    access: Access<'_>,
 ) -> Value {
+    let Access { permissions, suspended, all_repositories } = access;
     let mut value = render(INSTALLATION, urls, account, "");
     let kind = account_kind(account);
     value["id"] = json!(id);
@@ -102,7 +102,7 @@ pub(super) fn installation(
     value["app_slug"] = json!("fake-app");
     value["target_id"] = json!(id_of(account));
     value["target_type"] = json!(kind);
-    value["repository_selection"] = json!("selected");
+    value["repository_selection"] = json!(if all_repositories { "all" } else { "selected" });
     value["permissions"] = json!(permissions);
     value["access_tokens_url"] = json!(format!("{}/app/installations/{id}/access_tokens", urls.api));
     value["html_url"] = json!(format!("{}/organizations/{account}/settings/installations/{id}", urls.web));
@@ -112,6 +112,14 @@ pub(super) fn installation(
     }
     set_account(&mut value["account"], account, kind);
     value
+}
+
+/// What an installation may do: its permissions, whether it is suspended, and whether it covers all of its
+/// account's repositories.
+pub(super) struct Access<'a> {
+    pub(super) permissions: &'a BTreeMap<String, String>,
+    pub(super) suspended: bool,
+    pub(super) all_repositories: bool,
 }
 
 /// `GET /app`.
@@ -146,7 +154,14 @@ mod tests {
         assert!(!repo.to_string().contains("https://api.github.com"));
         let listed = repository(&urls(), "octo-org/octo-lib", false);
         assert_eq!(listed["full_name"], "octo-org/octo-lib");
-        let installation = installation(&urls(), 42, 1, "Iv1.x", "octo-org", &BTreeMap::new(), false);
+        let installation = installation(
+            &urls(),
+            42,
+            1,
+            "Iv1.x",
+            "octo-org",
+            Access { permissions: &BTreeMap::new(), suspended: false, all_repositories: false },
+        );
         assert_eq!(installation["id"], 42);
         assert_eq!(installation["account"]["login"], "octo-org");
         assert_eq!(installation["account"]["type"], "Organization");

@@ -1,0 +1,251 @@
+//! The one task that refreshes every entry of a pool: not one task or timer per installation.
+//!
+//! Owns the queue of refresh deadlines (one per entry, jittered by the token's own refresh time), the cap on
+//! concurrent mints and the spacing that keeps scheduled refreshes at or under the configured rate. At each
+//! deadline it refreshes entries that requests used since their last refresh and evicts the others, then sleeps
+//! until the next deadline: between refreshes it uses no CPU. It runs on the Tokio runtime of the request that
+//! first needed it; when that runtime goes away, the next request starts it again where it runs.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::PoolInner;
+use super::slot::Slot;
+use crate::error::{Error, ErrorKind};
+use crate::installation::source::{OVERSLEEP, epoch, real_time};
+
+/// The refresh queue and the limits every mint of the pool goes through.
+pub(crate) struct Scheduler {
+    /// Entries by the second their refresh is due (seconds after `origin`, rounded up): a few bytes per entry,
+    /// where a queue ordered to the nanosecond would take five times as many, and a second is nothing next to
+    /// the ten minutes a refresh comes ahead of expiry.
+    queue: Mutex<BTreeMap<u64, Vec<Weak<Slot>>>>,
+    origin: Instant,
+    /// Wakes the task when an earlier deadline was queued, and when the pool is dropped.
+    pub(crate) wake: Arc<Notify>,
+    /// Whether a task runs, and its generation: a task the watchdog retired (its runtime stopped driving it)
+    /// exits when it runs again, since a newer one may have started meanwhile.
+    running: Mutex<(bool, u64)>,
+    /// When the task will wake at the latest, on the real clock (nanoseconds after the crate's epoch; `u64::MAX`
+    /// while it waits for work with no deadline).
+    wakes_by: AtomicU64,
+    permits: Arc<Semaphore>,
+    /// Scheduled refreshes start no closer together than this.
+    spacing: Duration,
+    /// When the next scheduled refresh may start.
+    next_start: Mutex<Instant>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(max_concurrent_mints: usize, rate_per_second: f64) -> Self {
+        Scheduler {
+            queue: Mutex::new(BTreeMap::new()),
+            origin: Instant::now(),
+            wake: Arc::new(Notify::new()),
+            running: Mutex::new((false, 0)),
+            wakes_by: AtomicU64::new(u64::MAX),
+            permits: Arc::new(Semaphore::new(max_concurrent_mints)),
+            spacing: Duration::from_secs_f64(1.0 / rate_per_second),
+            next_start: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Queues `slot` for a refresh at `at`.
+    pub(crate) fn schedule(&self, slot: &Arc<Slot>, at: Instant) {
+        let second = self.second(at);
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let earliest = queue.first_key_value().map(|(second, _)| *second);
+        queue.entry(second).or_default().push(Arc::downgrade(slot));
+        drop(queue);
+        if earliest.is_none_or(|earliest| second < earliest) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The queue's second for `at` (rounded up).
+    fn second(&self, at: Instant) -> u64 {
+        let after = at.saturating_duration_since(self.origin);
+        after.as_secs() + u64::from(after.subsec_nanos() > 0)
+    }
+
+    /// The moment a queue second begins.
+    fn moment(&self, second: u64) -> Instant {
+        self.origin + Duration::from_secs(second)
+    }
+
+    /// How many refreshes are queued.
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).values().map(Vec::len).sum()
+    }
+
+    /// A permit to mint: at most `max_concurrent_mints` at a time, pool-wide.
+    pub(crate) async fn permit(&self) -> OwnedSemaphorePermit {
+        // The semaphore is never closed.
+        Arc::clone(&self.permits).acquire_owned().await.expect("the mint semaphore is never closed")
+    }
+
+    /// When the next scheduled refresh may start under the rate (reserving that turn).
+    fn turn(&self) -> Instant {
+        let mut next = self.next_start.lock().unwrap_or_else(|e| e.into_inner());
+        let start = (*next).max(Instant::now());
+        *next = start + self.spacing;
+        start
+    }
+
+    /// Whether the task of `generation` is the live one.
+    fn is_live(&self, generation: u64) -> bool {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) == (true, generation)
+    }
+
+    /// The task's state for the watchdog: whether it runs, its generation, and when it will wake at the latest.
+    pub(crate) fn state(&self) -> (bool, u64, Option<std::time::Instant>) {
+        let (running, generation) = *self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let wakes_by = match self.wakes_by.load(Ordering::Acquire) {
+            u64::MAX => None,
+            nanos => Some(epoch() + Duration::from_nanos(nanos)),
+        };
+        (running, generation, wakes_by)
+    }
+
+    /// Retires the task of `generation` (the watchdog saw it oversleep): the next request that needs a token
+    /// starts another where it runs. Returns whether it was the live one.
+    pub(crate) fn retire(&self, generation: u64) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let retire = *running == (true, generation);
+        if retire {
+            running.0 = false;
+        }
+        retire
+    }
+
+    /// Starts the task on the current runtime unless one runs.
+    pub(crate) fn ensure_running(&self, pool: &Arc<PoolInner>) -> Result<(), Error> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.0 {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(
+                ErrorKind::Runtime,
+                "the pool refreshes tokens with a background task, which needs a Tokio runtime: send requests \
+                 and call token() from within one",
+            )
+        })?;
+        *running = (true, running.1 + 1);
+        let generation = running.1;
+        drop(running);
+        let guard = Running { pool: Arc::downgrade(pool), generation };
+        drop(runtime.spawn(run(guard, Arc::clone(&self.wake))));
+        Ok(())
+    }
+}
+
+/// Marks the task stopped however it ends (pool dropped, runtime shut down, dropped unpolled), and hands the
+/// pool's tokens to the watchdog, which withdraws each at the end of its use until a request starts a new task.
+struct Running {
+    pool: Weak<PoolInner>,
+    generation: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade()
+            && pool.scheduler.retire(self.generation)
+        {
+            pool.watch_at(std::time::Instant::now());
+        }
+    }
+}
+
+/// Tells the watchdog when the task wakes at the latest (`None`: it waits for work, with no token to watch).
+fn heartbeat(pool: &PoolInner, wakes_by: Option<Instant>) {
+    let Some(at) = wakes_by else {
+        pool.scheduler.wakes_by.store(u64::MAX, Ordering::Release);
+        return;
+    };
+    let real = real_time(at);
+    let nanos = real.saturating_duration_since(epoch()).as_nanos().min(u128::from(u64::MAX - 1)) as u64;
+    pool.scheduler.wakes_by.store(nanos, Ordering::Release);
+    pool.watch_at(real + OVERSLEEP);
+}
+
+/// The task: pops due refreshes, refreshes entries in use and evicts idle ones, sleeps until the next.
+async fn run(guard: Running, wake: Arc<Notify>) {
+    // The entries of the last due second, taken from the queue at once and refreshed one by one.
+    let mut due: Vec<Weak<Slot>> = Vec::new();
+    loop {
+        let Some(pool) = guard.pool.upgrade() else {
+            return;
+        };
+        if !pool.scheduler.is_live(guard.generation) {
+            // Retired by the watchdog while its runtime did not drive it; a newer task may run.
+            return;
+        }
+        pool.counters.scheduler_wakeups.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if due.is_empty() {
+            let next = {
+                let mut queue = pool.scheduler.queue.lock().unwrap_or_else(|e| e.into_inner());
+                match queue.first_entry() {
+                    Some(first) if pool.scheduler.moment(*first.key()) <= now => {
+                        due = first.remove();
+                        // Oldest last: `pop` takes them in the order they were queued.
+                        due.reverse();
+                        None
+                    }
+                    Some(first) => Some(Some(pool.scheduler.moment(*first.key()))),
+                    None => Some(None),
+                }
+            };
+            match next {
+                None => {}
+                Some(Some(at)) => {
+                    let notified = wake.notified();
+                    heartbeat(&pool, Some(at));
+                    drop(pool);
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                    continue;
+                }
+                Some(None) => {
+                    let notified = wake.notified();
+                    heartbeat(&pool, None);
+                    drop(pool);
+                    notified.await;
+                    continue;
+                }
+            }
+        }
+        let Some(slot) = due.pop().and_then(|weak| weak.upgrade()) else {
+            continue;
+        };
+        if slot.retired.load(Ordering::Acquire) {
+            continue;
+        }
+        // A refresh queued for a token that was replaced meanwhile (an invalidation, a demand mint) is stale:
+        // the newer token queued its own.
+        if slot.refresh_at().is_some_and(|at| at > now) {
+            continue;
+        }
+        if !slot.used.swap(false, Ordering::Relaxed) && slot.current.load().is_some() {
+            // Nobody used it since its token arrived: let it go rather than keep it warm.
+            pool.evict_idle(&slot);
+            continue;
+        }
+        // Spread over time at the configured rate, and no more mints at once than the cap.
+        let start = pool.scheduler.turn();
+        heartbeat(&pool, Some(start));
+        tokio::time::sleep_until(start).await;
+        heartbeat(&pool, Some(Instant::now() + pool.mint_budget()));
+        let permit = pool.scheduler.permit().await;
+        drop(tokio::spawn(super::refresh(pool, slot, permit)));
+    }
+}
