@@ -10,7 +10,9 @@
 //! - [`app`]: App ids, private keys, App JWTs and the clock offset learned from GitHub.
 //! - [`installation`]: minting installation tokens, the token source, its refresher and the watchdog thread that
 //!   keeps tokens honest when no runtime drives the refresher.
-//! - [`auth`]: the tower layer that stamps requests.
+//! - [`pool`]: every installation of an App from one stack ([`InstallationPool`], [`AppAuthLayer`]): which
+//!   installation a request is for, a bounded cache of tokens and one scheduler that refreshes them.
+//! - [`auth`]: the tower layer that stamps requests, over either token source.
 //! - [`retry`]: the retry policy for credential refusals (replication lag, stale tokens, clock skew).
 //! - `testing` (feature `test-util`): a fake GitHub server to test against.
 //! - `client` (feature `hyper-client`): a ready-made HTTPS client.

@@ -388,3 +388,201 @@ async fn capacity_bounds_the_pool_and_evicted_installations_still_work() {
     assert!(stats.entries <= 10, "{stats:?}");
     assert!(stats.capacity_evictions >= 20, "{stats:?}");
 }
+
+/// The scheduler runs on the runtime of the request that first needed it. When that runtime is gone, the next
+/// request, on another runtime, starts it there: refreshes go on, and nothing waits.
+#[test]
+fn the_scheduler_moves_to_a_live_runtime_when_its_runtime_is_gone() {
+    let endpoint = TokenEndpoint::default();
+    let app = GitHubApp::from_pem(1, tower_github_app::testing::TEST_PRIVATE_KEY).unwrap();
+    let pool = InstallationPool::builder(app).build(endpoint.clone()).unwrap();
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let first = runtime();
+    let token = first.block_on(pool.token(InstallationFor::Id(5), None)).unwrap();
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        let backend = tower::service_fn(|_: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        });
+        let mut client = ServiceBuilder::new().layer(AppAuthLayer::new(pool.clone())).service(backend);
+        // Three hours of requests, one every five minutes.
+        for _ in 0..36 {
+            let mut request = get("https://api.github.com/installation/repositories");
+            request.extensions_mut().insert(InstallationFor::Id(5));
+            client.ready().await.unwrap().call(request).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(300)).await;
+        }
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.waited_requests, 1, "only the first token() waited: {stats:?}");
+    assert!((3..=4).contains(&stats.refreshes), "{stats:?}");
+    assert_eq!(endpoint.mints.load(Ordering::Relaxed), stats.refreshes + 1);
+    drop(token);
+}
+
+type Req = http::Request<http_body_util::Full<bytes::Bytes>>;
+type Resp = http::Response<http_body_util::Full<bytes::Bytes>>;
+
+/// An in-process GitHub for paused time: mints through `endpoint`; each installation lookup is answered by
+/// `answer(path, n)` (n: lookups so far) after `delay`, while `in_flight` counts lookups under way.
+fn scripted(
+    endpoint: TokenEndpoint,
+    delay: Duration,
+    in_flight: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+    answer: impl Fn(&str, u64) -> (u16, String) + Clone + Send + Sync + 'static,
+) -> impl tower::Service<Req, Response = Resp, Error = std::convert::Infallible, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static {
+    let lookups = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tower::service_fn(move |request: Req| {
+        let mut endpoint = endpoint.clone();
+        let (answer, lookups, in_flight) = (answer.clone(), Arc::clone(&lookups), Arc::clone(&in_flight));
+        async move {
+            let path = request.uri().path().to_owned();
+            if request.method() != http::Method::GET || !path.ends_with("/installation") {
+                return endpoint.call(request).await;
+            }
+            let n = lookups.fetch_add(1, Ordering::SeqCst);
+            let now = in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;
+            in_flight.1.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            in_flight.0.fetch_sub(1, Ordering::SeqCst);
+            let (status, body) = answer(&path, n);
+            Ok(http::Response::builder().status(status).body(http_body_util::Full::from(body)).unwrap())
+        }
+    })
+}
+
+fn test_app() -> GitHubApp {
+    GitHubApp::from_pem(1, tower_github_app::testing::TEST_PRIVATE_KEY).unwrap()
+}
+
+const NOT_FOUND: &str = r#"{"message":"Not Found","documentation_url":"https://docs.github.com/rest","status":"404"}"#;
+
+#[tokio::test]
+async fn an_organization_or_user_without_the_app_is_a_typed_error_and_is_remembered() {
+    let github = FakeGitHub::start().await;
+    let pool = pool(&github).build(github.client()).unwrap();
+    let client = ServiceBuilder::new().layer(AppAuthLayer::new(pool.clone())).service(github.client());
+    for path in ["/orgs/nobody/members", "/orgs/nobody/repos", "/users/nobody"] {
+        let error = client.clone().oneshot(get(&format!("{}{path}", github.api_base()))).await.unwrap_err();
+        let error = error.downcast::<tower_github_app::Error>().unwrap();
+        assert_eq!(error.kind(), ErrorKind::NotInstalled, "{path}: {error}");
+    }
+    let error = pool.token(InstallationFor::Account("nobody".into()), None).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotInstalled);
+    // One lookup (`/orgs/nobody/installation`): the answer is the account's, whatever route names it.
+    assert_eq!(github.lookup_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_not_installed_ttl_looks_up_every_time_and_still_answers() {
+    let counts = Arc::new(Default::default());
+    let client = scripted(TokenEndpoint::default(), Duration::from_millis(10), Arc::clone(&counts), |_, _| {
+        (404, NOT_FOUND.to_owned())
+    });
+    let pool = InstallationPool::builder(test_app()).not_installed_ttl(Duration::ZERO).build(client).unwrap();
+    for _ in 0..3 {
+        let error = pool.token(InstallationFor::Repository("o".into(), "r".into()), None).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::NotInstalled);
+    }
+    assert_eq!(pool.stats().lookups, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lookup_answered_before_a_forget_is_not_kept_after_it() {
+    let counts = Arc::new(Default::default());
+    let client = scripted(TokenEndpoint::default(), Duration::from_millis(300), Arc::clone(&counts), |_, n| {
+        if n == 0 {
+            (200, r#"{"id":5,"repository_selection":"all","account":{"login":"o"}}"#.to_owned())
+        } else {
+            (404, NOT_FOUND.to_owned())
+        }
+    });
+    let pool = InstallationPool::builder(test_app()).build(client).unwrap();
+    let early = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.token(InstallationFor::Repository("o".into(), "r".into()), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The `installation` webhook (deleted) arrives while the lookup is under way.
+    pool.forget_account("o");
+    assert_eq!(early.await.unwrap().unwrap().installation_id(), 5, "the request that asked before gets its answer");
+    let later = pool.token(InstallationFor::Repository("o".into(), "r".into()), None).await.unwrap_err();
+    assert_eq!(later.kind(), ErrorKind::NotInstalled);
+    assert_eq!(pool.stats().lookups, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn repositories_of_a_known_account_are_looked_up_side_by_side() {
+    let counts: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)> = Arc::new(Default::default());
+    let client = scripted(TokenEndpoint::default(), Duration::from_millis(200), Arc::clone(&counts), |_, _| {
+        (200, r#"{"id":5,"repository_selection":"selected","account":{"login":"o"}}"#.to_owned())
+    });
+    let pool = InstallationPool::builder(test_app()).build(client).unwrap();
+    // The account's first answer: one lookup, however many repositories ask at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let pool = pool.clone();
+        tasks.spawn(async move { pool.token(InstallationFor::Repository("o".into(), format!("r{i}")), None).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap().unwrap().installation_id(), 5);
+    }
+    // It covers selected repositories: each needs its own answer (GitHub answers 404 for the others), and
+    // they no longer wait for each other.
+    assert_eq!(pool.stats().lookups, 10);
+    assert!(counts.1.load(Ordering::SeqCst) >= 9, "lookups at once: {}", counts.1.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn revoke_all_reaches_tokens_of_forgotten_installations_and_mints_under_way() {
+    let github = FakeGitHub::start().await;
+    let pool = pool(&github).build(github.client()).unwrap();
+    let forgotten = pool.token(InstallationFor::Id(FakeGitHub::INSTALLATION_ID), None).await.unwrap();
+    // `installation` suspend: the tokens leave the pool but still work until revoked.
+    pool.forget_installation(FakeGitHub::INSTALLATION_ID);
+    github.fail_mints(tower_github_app::testing::MintFault::Delay(Duration::from_millis(300)), 1);
+    let under_way = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.token(InstallationFor::Id(FakeGitHub::INSTALLATION_ID), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = pool.revoke_all().await;
+    let minted_meanwhile = under_way.await.unwrap().unwrap();
+    let second = pool.revoke_all().await;
+    assert_eq!((first.revoked, second.revoked), (1, 1), "{first:?} {second:?}");
+    for token in [forgotten, minted_meanwhile] {
+        let mut request = get(&format!("{}/repos/octo-org/octo-repo", github.api_base()));
+        request.headers_mut().insert(http::header::AUTHORIZATION, token.authorization());
+        assert_eq!(github.client().oneshot(request).await.unwrap().status(), 401);
+    }
+}
+
+#[tokio::test]
+async fn a_path_that_names_an_account_unreadably_is_refused_not_given_the_default() {
+    let github = FakeGitHub::start().await;
+    let pool = pool_default(&github);
+    let mut client = ServiceBuilder::new().layer(AppAuthLayer::new(pool)).service(github.client());
+    for path in ["/repos//octo-org/octo-repo", "/repos/octo-org//octo-repo", "//repos/octo-org/octo-repo", "/orgs/"] {
+        let error = client.ready().await.unwrap().call(get(&format!("{}{path}", github.api_base()))).await;
+        let error = error.unwrap_err().downcast::<tower_github_app::Error>().unwrap();
+        assert_eq!(error.kind(), ErrorKind::InvalidRequest, "{path}");
+    }
+    assert!(github.requests().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renamed_repository_says_so() {
+    let counts = Arc::new(Default::default());
+    let client = scripted(TokenEndpoint::default(), Duration::ZERO, Arc::clone(&counts), |_, _| {
+        (301, r#"{"message":"Moved Permanently","url":"https://api.github.com/repositories/9/installation"}"#.into())
+    });
+    let pool = InstallationPool::builder(test_app()).build(client).unwrap();
+    let error = pool.token(InstallationFor::Repository("o".into(), "old".into()), None).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidRequest);
+    assert!(error.to_string().contains("renamed or transferred"), "{error}");
+}

@@ -59,5 +59,7 @@ mod service;
 pub use future::ResponseFuture;
 pub use layer::{AppAuthLayer, GitHubAuthLayer, InstallationAuthLayer};
 pub use routes::is_app_jwt_route;
-pub(crate) use routes::{AccountRoute, account_route, account_route_resolved, has_dot_or_percent, is_app_jwt_request};
+pub(crate) use routes::{
+    AccountRoute, OwnedAccountRoute, account_route, account_route_resolved, has_dot_or_percent, is_app_jwt_request,
+};
 pub use service::{AppAuth, GitHubAuth, InstallationAuth};

@@ -71,6 +71,9 @@ pub(crate) enum AccountRoute<'p> {
     Org(&'p str),
     /// `/users/{user}/...`.
     User(&'p str),
+    /// `/repos/...`, `/orgs/...` or `/users/...` without a name where one belongs (`/repos//r`, `/orgs/`), or a
+    /// path that starts with `//`: not read, never guessed.
+    Unreadable,
 }
 
 /// The account `path` (a whole URI path, under `prefix`) names, if any. `path` must be usual (no dot segment,
@@ -80,14 +83,23 @@ pub(crate) fn account_route<'p>(path: &'p str, prefix: &str) -> Option<AccountRo
     account_route_of(path.strip_prefix(prefix)?)
 }
 
-/// [`account_route`] for any path, resolved as a server resolves it first: owner, repository (if any), and
-/// whether the route is an organization's.
-pub(crate) fn account_route_resolved(path: &str, prefix: &str) -> Option<(String, Option<String>, bool)> {
+/// [`AccountRoute`], owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OwnedAccountRoute {
+    Repository(String, String),
+    Org(String),
+    User(String),
+    Unreadable,
+}
+
+/// [`account_route`] for any path, resolved as a server resolves it first.
+pub(crate) fn account_route_resolved(path: &str, prefix: &str) -> Option<OwnedAccountRoute> {
     let resolved = if has_dot_or_percent(path.as_bytes()) { normalize(path) } else { Cow::Borrowed(path) };
     Some(match account_route_of(resolved.strip_prefix(prefix)?)? {
-        AccountRoute::Repository(owner, repo) => (owner.to_owned(), Some(repo.to_owned()), false),
-        AccountRoute::Org(org) => (org.to_owned(), None, true),
-        AccountRoute::User(user) => (user.to_owned(), None, false),
+        AccountRoute::Repository(owner, repo) => OwnedAccountRoute::Repository(owner.to_owned(), repo.to_owned()),
+        AccountRoute::Org(org) => OwnedAccountRoute::Org(org.to_owned()),
+        AccountRoute::User(user) => OwnedAccountRoute::User(user.to_owned()),
+        AccountRoute::Unreadable => OwnedAccountRoute::Unreadable,
     })
 }
 
@@ -97,12 +109,14 @@ fn account_route_of(path: &str) -> Option<AccountRoute<'_>> {
     let bytes = path.as_bytes();
     // `name` in any case, then a slash. Setting bit 5 lower-cases a letter and maps no other byte onto one.
     let word = |at: usize, name: &[u8]| {
-        bytes.len() > at + name.len() + 1
+        bytes.len() > at + name.len()
             && bytes[at + name.len()] == b'/'
             && bytes[at..at + name.len()].iter().zip(name).all(|(b, n)| b | 0x20 == *n)
     };
-    if bytes.first() != Some(&b'/') {
-        return None;
+    match bytes {
+        [b'/', b'/', ..] => return Some(AccountRoute::Unreadable),
+        [b'/', ..] => {}
+        _ => return None,
     }
     // 0: repository, 1: organization, 2: user.
     let (kind, rest) = if word(1, b"repos") {
@@ -116,7 +130,7 @@ fn account_route_of(path: &str) -> Option<AccountRoute<'_>> {
     };
     let (owner, rest) = segment(rest);
     if owner.is_empty() {
-        return None;
+        return Some(AccountRoute::Unreadable);
     }
     match kind {
         1 => return Some(AccountRoute::Org(owner)),
@@ -125,7 +139,7 @@ fn account_route_of(path: &str) -> Option<AccountRoute<'_>> {
     }
     let (repo, _) = segment(rest);
     if repo.is_empty() {
-        return None;
+        return Some(AccountRoute::Unreadable);
     }
     Some(AccountRoute::Repository(owner, repo))
 }
@@ -456,22 +470,28 @@ mod tests {
         assert_eq!(account_route("/repos/Octo-Org/octo-repo/issues/1", ""), repo("Octo-Org", "octo-repo"));
         assert_eq!(account_route("/repos/o/r", ""), repo("o", "r"));
         assert_eq!(account_route("/REPOS/o/r/", ""), repo("o", "r"));
-        assert_eq!(account_route("/repos/o", ""), None);
-        assert_eq!(account_route("/repos//r", ""), None);
+        assert_eq!(account_route("/repos/o", ""), Some(AccountRoute::Unreadable));
+        assert_eq!(account_route("/repos//r", ""), Some(AccountRoute::Unreadable));
+        assert_eq!(account_route("//repos/o/r", ""), Some(AccountRoute::Unreadable));
+        assert_eq!(account_route("/repos/o//r", ""), Some(AccountRoute::Unreadable));
+        assert_eq!(account_route("/orgs/", ""), Some(AccountRoute::Unreadable));
+        assert_eq!(account_route("/user", ""), None);
+        assert_eq!(account_route("/users", ""), None);
         assert_eq!(account_route("/repo/o/r", ""), None);
         assert_eq!(account_route("/repoS/o/r", ""), repo("o", "r"));
         assert_eq!(account_route("/rePo\x13/o/r", ""), None);
         assert_eq!(account_route("/orgs/octo-org/members", ""), Some(AccountRoute::Org("octo-org")));
         assert_eq!(account_route("/users/octocat", ""), Some(AccountRoute::User("octocat")));
-        assert_eq!(account_route("/users/", ""), None);
         assert_eq!(account_route("/installation/repositories", ""), None);
         assert_eq!(account_route("/api/v3/repos/o/r", "/api/v3"), repo("o", "r"));
         assert_eq!(account_route("/repos/o/r", "/api/v3"), None);
-        let owned = |o: &str, r: &str| Some((o.to_owned(), Some(r.to_owned()), false));
+        use super::OwnedAccountRoute as Owned;
+        let owned = |o: &str, r: &str| Some(Owned::Repository(o.to_owned(), r.to_owned()));
         assert_eq!(account_route_resolved("/repos/x/../o/r", ""), owned("o", "r"));
         assert_eq!(account_route_resolved("/repos/a/b/../../../repos/o/r", ""), owned("o", "r"));
         assert_eq!(account_route_resolved("/repos/%6F/r", ""), owned("o", "r"));
-        assert_eq!(account_route_resolved("/orgs/%6F", ""), Some(("o".to_owned(), None, true)));
-        assert_eq!(account_route_resolved("/users/o/x", ""), Some(("o".to_owned(), None, false)));
+        assert_eq!(account_route_resolved("/orgs/%6F", ""), Some(Owned::Org("o".to_owned())));
+        assert_eq!(account_route_resolved("/users/o/x", ""), Some(Owned::User("o".to_owned())));
+        assert_eq!(account_route_resolved("/repos/o/%2e%2e", ""), Some(Owned::Unreadable));
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -158,6 +158,8 @@ pub(crate) struct Lookups {
     /// One lookup per account at a time: others for the same account wait for it, then read the cache.
     flights: Mutex<HashMap<u64, Flight>>,
     negative_ttl: Duration,
+    /// Bumped by every forget.
+    generation: AtomicU64,
 }
 
 /// What the lookup of a request's installation found.
@@ -177,6 +179,7 @@ impl Lookups {
             hasher: RandomState::new(),
             flights: Mutex::new(HashMap::new()),
             negative_ttl,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -217,60 +220,71 @@ impl Lookups {
         self.get(owner, Some(repo))
     }
 
-    /// The installation for `subject`: from the cache, else from GitHub (one lookup per account at a time).
+    /// The installation for `subject`: from the cache, else from GitHub. Lookups for an account whose answer is
+    /// not known yet go one at a time (the first answer may cover all of its repositories); once it is known,
+    /// the lookups of its other repositories go out side by side.
     pub(crate) async fn resolve(&self, subject: &Subject, github: &Github<'_>) -> Result<u64, Error> {
         subject.check()?;
-        let owner = subject.owner();
-        let account_key = self.key(owner, None);
         loop {
             match self.find(subject) {
                 Found::Installation(id) => return Ok(id),
                 Found::NotInstalled => return Err(not_installed(subject, github)),
                 Found::Unknown => {}
             }
-            // Join the account's lookup in flight, or start one.
+            let key = match self.get(subject.owner(), None) {
+                Some(_) => self.key(subject.owner(), subject.repo()),
+                None => self.key(subject.owner(), None),
+            };
+            // Join the lookup in flight for the key, or start one.
             let (flight, sender) = {
                 let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-                match flights.get(&account_key) {
+                match flights.get(&key) {
                     Some(flight) => (Some(flight.clone()), None),
                     None => {
                         let (sender, receiver) = watch::channel(None);
-                        flights.insert(account_key, receiver);
+                        flights.insert(key, receiver);
                         (None, Some(sender))
                     }
                 }
             };
             if let Some(mut flight) = flight {
-                // Its outcome is in the cache, or it failed (then every waiter gets its error).
-                let outcome = flight.wait_for(Option::is_some).await.map(|o| o.clone());
-                if let Ok(Some(Err(error))) = outcome {
-                    return Err(error);
-                }
+                // Its answer is in the cache now (or it was for another repository of the account): look again.
+                // A lookup that failed is not an answer: this request asks for itself.
+                let _ = flight.wait_for(Option::is_some).await;
                 continue;
             }
             // Removed however this ends (the future may be dropped with its request).
-            let _flight = Landing { lookups: self, key: account_key };
+            let _flight = Landing { lookups: self, key };
             let sender = sender.expect("set when no flight was found");
             let outcome = self.look_up(subject, github).await;
             let _ = sender.send(Some(outcome.clone().map(|_| ())));
-            outcome?;
+            // This request takes its own answer, cached or not (a zero `not_installed_ttl`, a forget meanwhile).
+            return match outcome? {
+                Some(id) => Ok(id),
+                None => Err(not_installed(subject, github)),
+            };
         }
     }
 
     fn find(&self, subject: &Subject) -> Found {
-        match self.cached(subject.owner(), subject.repo()) {
-            Some(resolved) => match resolved.outcome {
-                Outcome::Installed { id, .. } => Found::Installation(id),
-                Outcome::NotInstalled { until } if Instant::now() < until => Found::NotInstalled,
-                Outcome::NotInstalled { .. } => Found::Unknown,
-            },
-            None => Found::Unknown,
+        let (owner, repo) = (subject.owner(), subject.repo());
+        if let Some(resolved) = self.cached(owner, repo)
+            && let Outcome::Installed { id, .. } = resolved.outcome
+        {
+            return Found::Installation(id);
+        }
+        // A "not installed" answer for exactly this account or repository, while it is remembered.
+        match self.get(owner, repo).map(|resolved| resolved.outcome) {
+            Some(Outcome::NotInstalled { until }) if Instant::now() < until => Found::NotInstalled,
+            _ => Found::Unknown,
         }
     }
 
-    /// Asks GitHub and caches the answer.
-    async fn look_up(&self, subject: &Subject, github: &Github<'_>) -> Result<(), Error> {
+    /// Asks GitHub and caches the answer (unless something was forgotten meanwhile: the answer may predate it).
+    /// `Some(installation)`, or `None` when GitHub says the App is not installed there.
+    async fn look_up(&self, subject: &Subject, github: &Github<'_>) -> Result<Option<u64>, Error> {
         github.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Acquire);
         let what = format!("the installation lookup for {}", subject.describe());
         let jwt = github.app.jwt().await?;
         let url = github.api_base.url(&subject.path())?;
@@ -286,9 +300,21 @@ impl Lookups {
             let until = Instant::now() + self.negative_ttl;
             let resolved =
                 Resolved { owner, repo, outcome: Outcome::NotInstalled { until }, forgotten: AtomicBool::new(false) };
-            self.cache.insert(self.key(subject.owner(), subject.repo()), Arc::new(resolved));
+            self.store(generation, self.key(subject.owner(), subject.repo()), resolved);
             github.counters.not_installed.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok(None);
+        }
+        if status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::TEMPORARY_REDIRECT {
+            let moved_to = response.headers().get(http::header::LOCATION).and_then(|l| l.to_str().ok());
+            let moved_to = scrub(moved_to.unwrap_or("an address GitHub did not give"));
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "{what} was answered {status}: {} was renamed or transferred (GitHub points to {moved_to}). \
+                     Send requests to its new name",
+                    subject.describe()
+                ),
+            ));
         }
         if !status.is_success() {
             return Err(lookup_refused(status, &what, response.body(), github));
@@ -317,12 +343,26 @@ impl Lookups {
         // org and user routes.
         let account =
             Resolved { owner: owner.clone(), repo: None, outcome: installed, forgotten: AtomicBool::new(false) };
-        self.cache.insert(self.key(subject.owner(), None), Arc::new(account));
+        self.store(generation, self.key(subject.owner(), None), account);
         if let Some(repo_name) = subject.repo() {
             let resolved = Resolved { owner, repo, outcome: installed, forgotten: AtomicBool::new(false) };
-            self.cache.insert(self.key(subject.owner(), Some(repo_name)), Arc::new(resolved));
+            self.store(generation, self.key(subject.owner(), Some(repo_name)), resolved);
         }
-        Ok(())
+        Ok(Some(answer.id))
+    }
+
+    /// Caches an answer, unless something was forgotten since its lookup started (`generation`).
+    fn store(&self, generation: u64, key: u64, resolved: Resolved) {
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let resolved = Arc::new(resolved);
+        self.cache.insert(key, Arc::clone(&resolved));
+        // A forget that ran between the check and the insert may not have seen the entry: take it back.
+        if self.generation.load(Ordering::Acquire) != generation {
+            resolved.forgotten.store(true, Ordering::Relaxed);
+            self.cache.invalidate(&key);
+        }
     }
 
     /// Drops every answer about `owner` (its repositories too).
@@ -336,6 +376,8 @@ impl Lookups {
     }
 
     fn forget(&self, which: impl Fn(&Resolved) -> bool) {
+        // Lookups in flight may have been answered before the event: their answers are not cached.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         for (key, resolved) in self.cache.iter() {
             if which(&resolved) {
                 // Service clones that cached it stop using it at once.

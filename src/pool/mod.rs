@@ -88,7 +88,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::app::GitHubApp;
-use crate::auth::{AccountRoute, account_route, account_route_resolved};
+use crate::auth::{AccountRoute, OwnedAccountRoute, account_route, account_route_resolved};
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::installation::api_base::{Target, same_bytes};
 use crate::installation::mint::{self, MintClient, MintParams, api_request, mint_correcting_skew, send};
@@ -325,15 +325,16 @@ impl InstallationPool {
         report
     }
 
-    /// Forgets `installation`: its tokens (of every scope) stop being used at once and every lookup answer that
-    /// named it is dropped. For the `installation` webhook event (`deleted`, `suspend`) and for
-    /// `installation_repositories` (`removed`) when scoped tokens named the removed repositories.
+    /// Forgets `installation`: its tokens (of every scope) stop being used at once (they stay revocable by
+    /// [`revoke_all`](Self::revoke_all)) and every lookup answer that named it is dropped. For the
+    /// `installation` webhook event (`deleted`, `suspend`) and for `installation_repositories` (`removed`) when
+    /// scoped tokens named the removed repositories.
     pub fn forget_installation(&self, installation: u64) {
         let inner = &self.inner;
         for (key, slot) in inner.slots.iter() {
             if key.installation == installation {
-                // Tokens of a deleted installation are dead: nothing to keep for revocation.
-                drop(slot.retire());
+                // A suspended installation's tokens live on: `revoke_all` still reaches them.
+                keep_for_revocation(&inner.retired, slot.retire());
                 inner.slots.invalidate(&key.borrowed());
             }
         }
@@ -343,8 +344,9 @@ impl InstallationPool {
     }
 
     /// Forgets what lookups said about `account` (an organization or user login) and its repositories: the
-    /// next request naming them looks them up again. For the `installation_repositories` webhook event (the
-    /// repositories an installation covers changed) and for `installation` `created`/`new_permissions_accepted`.
+    /// next request naming them looks them up again (lookups under way when it is called are not cached). For
+    /// the `installation_repositories` webhook event (the repositories an installation covers changed), for
+    /// `installation` `created`, and for `installation_target` `renamed` (with the old login).
     pub fn forget_account(&self, account: &str) {
         self.inner.lookups.forget_account(account);
     }
@@ -391,6 +393,17 @@ impl fmt::Debug for InstallationPool {
             .field("refreshes_queued", &self.inner.scheduler.queued())
             .finish_non_exhaustive()
     }
+}
+
+/// Keeps tokens that left the pool until they expire, so that `revoke_all` reaches them.
+fn keep_for_revocation(retired: &Mutex<Vec<Arc<TokenEntry>>>, tokens: Vec<Arc<TokenEntry>>) {
+    let now = Instant::now();
+    let mut retired = retired.lock().unwrap_or_else(|e| e.into_inner());
+    // Expired ones go whenever the list has doubled: amortized, however many entries churn.
+    if retired.len() >= 64 && retired.len().is_power_of_two() {
+        retired.retain(|token| now < token.expires());
+    }
+    retired.extend(tokens.into_iter().filter(|token| now < token.expires()));
 }
 
 /// What [`InstallationPool::revoke_all`] did.
@@ -505,11 +518,7 @@ impl InstallationPoolBuilder {
                     if cause == moka::notification::RemovalCause::Size {
                         counters.capacity_evictions.fetch_add(1, Ordering::Relaxed);
                     }
-                    let tokens = slot.retire();
-                    let now = Instant::now();
-                    let mut retired = retired.lock().unwrap_or_else(|e| e.into_inner());
-                    retired.retain(|token| now < token.expires());
-                    retired.extend(tokens.into_iter().filter(|token| now < token.expires()));
+                    keep_for_revocation(&retired, slot.retire());
                 })
                 .build()
         };
@@ -554,6 +563,7 @@ enum Who {
     For(InstallationFor),
     Route(Subject),
     Default,
+    Unreadable,
 }
 
 /// What the slow path must get a token for.
@@ -586,6 +596,14 @@ impl PoolInner {
             Who::For(InstallationFor::Account(login)) => Subject::User(login.clone()),
             Who::For(InstallationFor::Repository(owner, repo)) => Subject::Repository(owner.clone(), repo.clone()),
             Who::Route(subject) => subject.clone(),
+            Who::Unreadable => {
+                return Err(Error::new(
+                    ErrorKind::InvalidRequest,
+                    "the request's path names an account or repository without its name (`/repos//r`, `/orgs/`, \
+                     or a path starting with `//`), so its installation cannot be told: fix the path, or insert \
+                     InstallationFor into its extensions",
+                ));
+            }
             Who::Default => {
                 return self.default_installation.ok_or_else(|| {
                     Error::new(
@@ -610,6 +628,7 @@ impl PoolInner {
     /// The slow path: resolve the installation, then a usable token of its slot, minting if needed (one mint
     /// per slot at a time; waiters fail fast while a failed mint's backoff runs).
     async fn acquire(self: &Arc<Self>, want: Want) -> Result<Arc<TokenEntry>, Error> {
+        self.scheduler.ensure_running(self)?;
         let installation = self.installation(&want.who).await?;
         let key = SlotKey { installation, scope: want.scope };
         let mut counted = false;
@@ -642,16 +661,25 @@ impl PoolInner {
             if let Some(token) = slot.publish_pending() {
                 return Ok(token);
             }
-            self.scheduler.ensure_running(self)?;
             let permit = self.scheduler.permit().await;
             let minted = self.mint(&slot, permit).await;
             return match minted {
                 Ok(token) => {
-                    slot.publish(Arc::clone(&token));
-                    self.scheduler.schedule(&slot, token.refresh_at());
+                    if slot.retired.load(Ordering::Acquire) {
+                        // Forgotten, evicted or revoked meanwhile: this request gets the token, the pool only
+                        // keeps it for `revoke_all`.
+                        keep_for_revocation(&self.retired, vec![Arc::clone(&token)]);
+                    } else {
+                        slot.publish(Arc::clone(&token));
+                        self.scheduler.schedule(&slot, token.refresh_at());
+                    }
                     Ok(token)
                 }
                 Err(error) => {
+                    if error.kind() == ErrorKind::InstallationNotFound {
+                        // Deleted (and maybe installed again under a new id): lookups that named it are stale.
+                        self.lookups.forget_installation(installation);
+                    }
                     self.failed(&slot, error.clone());
                     Err(error)
                 }
@@ -770,9 +798,15 @@ async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePe
         slot.set_pending(token);
         drop(flight);
         tokio::time::sleep(grace).await;
-        slot.publish_pending();
+        if let Some(token) = slot.publish_pending()
+            && slot.retired.load(Ordering::Acquire)
+        {
+            keep_for_revocation(&pool.retired, vec![token]);
+        }
     } else if !slot.retired.load(Ordering::Acquire) {
         slot.publish(token);
+    } else {
+        keep_for_revocation(&pool.retired, vec![token]);
     }
 }
 
@@ -822,6 +856,8 @@ enum Named<'r> {
     Account(&'r str),
     Repository(&'r str, &'r str),
     Default,
+    /// A path that names an account unreadably (`/repos//r`): matches nothing; the slow path refuses it.
+    Unreadable,
 }
 
 impl<'r> Named<'r> {
@@ -838,6 +874,7 @@ impl<'r> Named<'r> {
         match account_route(request.uri().path(), prefix) {
             Some(AccountRoute::Repository(owner, repo)) => Named::Repository(owner, repo),
             Some(AccountRoute::Org(login) | AccountRoute::User(login)) => Named::Account(login),
+            Some(AccountRoute::Unreadable) => Named::Unreadable,
             None => Named::Default,
         }
     }
@@ -860,9 +897,10 @@ fn who<B>(request: &Request<B>, prefix: &str) -> Who {
         return Who::For(named.clone());
     }
     match account_route_resolved(request.uri().path(), prefix) {
-        Some((owner, Some(repo), _)) => Who::Route(Subject::Repository(owner, repo)),
-        Some((org, None, true)) => Who::Route(Subject::Org(org)),
-        Some((user, None, false)) => Who::Route(Subject::User(user)),
+        Some(OwnedAccountRoute::Repository(owner, repo)) => Who::Route(Subject::Repository(owner, repo)),
+        Some(OwnedAccountRoute::Org(org)) => Who::Route(Subject::Org(org)),
+        Some(OwnedAccountRoute::User(user)) => Who::Route(Subject::User(user)),
+        Some(OwnedAccountRoute::Unreadable) => Who::Unreadable,
         None => Who::Default,
     }
 }
@@ -898,11 +936,12 @@ impl TokenSource for InstallationPool {
         request: &Request<B>,
         route: Route,
     ) -> Option<(HeaderValue, &'l Arc<TokenEntry>)> {
-        if route.unusual {
-            // Dot segments or percent-encodings: resolved on the slow path (the token is there, no mint).
+        let inner = &*self.inner;
+        if route.unusual || !inner.scheduler.live.load(Ordering::Relaxed) {
+            // Dot segments or percent-encodings: resolved on the slow path. No scheduler (its runtime went
+            // away): the slow path starts one here. Either way the token is there: no mint, no wait.
             return None;
         }
-        let inner = &*self.inner;
         let named = Named::of(request, inner.prefix(route.target));
         let scope = request.extensions().get::<TokenScope>();
         let hit = local.entries.iter().position(|entry| {
@@ -919,6 +958,7 @@ impl TokenSource for InstallationPool {
                 let (by, installation) = match &named {
                     Named::Id(id) => (By::Id(*id), *id),
                     Named::Default => (By::Default, inner.default_installation?),
+                    Named::Unreadable => return None,
                     Named::Account(owner) | Named::Repository(owner, _) => {
                         let repo = if let Named::Repository(_, repo) = named { Some(repo) } else { None };
                         let resolved = inner.lookups.cached(owner, repo)?;

@@ -7,7 +7,7 @@
 //! first needed it; when that runtime goes away, the next request starts it again where it runs.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -32,6 +32,9 @@ pub(crate) struct Scheduler {
     /// Whether a task runs, and its generation: a task the watchdog retired (its runtime stopped driving it)
     /// exits when it runs again, since a newer one may have started meanwhile.
     running: Mutex<(bool, u64)>,
+    /// `running.0`, for the request path: while no task runs (its runtime shut down or stopped driving it),
+    /// requests take the slow path, which starts one where they run, so refreshes never stop for long.
+    pub(crate) live: AtomicBool,
     /// When the task will wake at the latest, on the real clock (nanoseconds after the crate's epoch; `u64::MAX`
     /// while it waits for work with no deadline).
     wakes_by: AtomicU64,
@@ -49,6 +52,7 @@ impl Scheduler {
             origin: Instant::now(),
             wake: Arc::new(Notify::new()),
             running: Mutex::new((false, 0)),
+            live: AtomicBool::new(false),
             wakes_by: AtomicU64::new(u64::MAX),
             permits: Arc::new(Semaphore::new(max_concurrent_mints)),
             spacing: Duration::from_secs_f64(1.0 / rate_per_second),
@@ -120,6 +124,7 @@ impl Scheduler {
         let retire = *running == (true, generation);
         if retire {
             running.0 = false;
+            self.live.store(false, Ordering::Relaxed);
         }
         retire
     }
@@ -138,6 +143,7 @@ impl Scheduler {
             )
         })?;
         *running = (true, running.1 + 1);
+        self.live.store(true, Ordering::Relaxed);
         let generation = running.1;
         drop(running);
         let guard = Running { pool: Arc::downgrade(pool), generation };
