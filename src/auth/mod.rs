@@ -1,7 +1,12 @@
-//! The middleware that stamps requests with the installation token.
+//! The middleware that stamps requests with installation tokens.
 //!
-//! Owns: [`InstallationAuthLayer`] and its service [`InstallationAuth`]. It reads the token source and never
-//! mints, signs or retries; the token source mints and the retry policy (outside this layer) retries.
+//! Owns: [`GitHubAuthLayer`] and its service [`GitHubAuth`], generic over the token source:
+//! [`InstallationAuthLayer`] / [`InstallationAuth`] for one [`Installation`](crate::Installation),
+//! [`AppAuthLayer`] / [`AppAuth`] for every installation of an App ([`InstallationPool`](crate::InstallationPool),
+//! which also decides which installation each request is for). It reads the token source through a small
+//! interface (where tokens may go, the App, the current token for a request, and the slow path that waits for
+//! one) and never mints, signs or retries; the token source mints and the retry policy (outside this layer)
+//! retries.
 //!
 //! Per request with a usable token, the layer does an origin comparison, one relaxed atomic load (arc-swap's
 //! `Cache` over the token source's `ArcSwap`) and one clone of a prebuilt, sensitive `HeaderValue` (each service
@@ -9,7 +14,7 @@
 //! The token source (or, when no runtime drives its refresher, its watchdog thread) withdraws a token when its
 //! time for requests is over, so the layer needs no clock. `401` and
 //! `403` responses get an [`InstallationTokenUsed`](crate::InstallationTokenUsed) extension for the retry policy;
-//! [`InstallationAuthLayer::token_used_on_every_response`] attaches it to every response.
+//! [`GitHubAuthLayer::token_used_on_every_response`] attaches it to every response.
 //!
 //! - Requests to the installation's API origin (scheme, host, port; hosts without case and without a trailing
 //!   dot) and to its uploads origin ([`ApiBase::uploads`](crate::ApiBase::uploads), release assets) get
