@@ -474,8 +474,9 @@ async fn an_organization_or_user_without_the_app_is_a_typed_error_and_is_remembe
     }
     let error = pool.token(InstallationFor::Account("nobody".into()), None).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotInstalled);
-    // One lookup (`/orgs/nobody/installation`): the answer is the account's, whatever route names it.
-    assert_eq!(github.lookup_count(), 1);
+    // `/orgs/nobody/installation` once, `/users/nobody/installation` once: an organization's 404 does not hide
+    // the user route (the login may be a user's); each is remembered.
+    assert_eq!(github.lookup_count(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -554,7 +555,8 @@ async fn revoke_all_reaches_tokens_of_forgotten_installations_and_mints_under_wa
     let first = pool.revoke_all().await;
     let minted_meanwhile = under_way.await.unwrap().unwrap();
     let second = pool.revoke_all().await;
-    assert_eq!((first.revoked, second.revoked), (1, 1), "{first:?} {second:?}");
+    // One call reaches both: it waits for the mint under way.
+    assert_eq!((first.revoked, second.revoked), (2, 0), "{first:?} {second:?}");
     for token in [forgotten, minted_meanwhile] {
         let mut request = get(&format!("{}/repos/octo-org/octo-repo", github.api_base()));
         request.headers_mut().insert(http::header::AUTHORIZATION, token.authorization());
@@ -585,4 +587,32 @@ async fn a_renamed_repository_says_so() {
     let error = pool.token(InstallationFor::Repository("o".into(), "old".into()), None).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidRequest);
     assert!(error.to_string().contains("renamed or transferred"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_lookups_fail_every_waiter_with_one_request_and_odd_ttls_are_safe() {
+    let counts: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)> = Arc::new(Default::default());
+    let client = scripted(TokenEndpoint::default(), Duration::from_secs(1), Arc::clone(&counts), |_, _| {
+        (502, r#"{"message":"Server Error"}"#.to_owned())
+    });
+    let pool = InstallationPool::builder(test_app()).not_installed_ttl(Duration::MAX).build(client).unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let pool = pool.clone();
+        tasks.spawn(async move { pool.token(InstallationFor::Account("o".into()), None).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap().unwrap_err().kind(), ErrorKind::ServerError);
+    }
+    assert_eq!(pool.stats().lookups, 1, "one lookup answered every waiter");
+
+    // A "forever" negative answer neither panics nor forgets.
+    let client =
+        scripted(TokenEndpoint::default(), Duration::ZERO, Arc::clone(&counts), |_, _| (404, NOT_FOUND.to_owned()));
+    let pool = InstallationPool::builder(test_app()).not_installed_ttl(Duration::MAX).build(client).unwrap();
+    for _ in 0..2 {
+        let error = pool.token(InstallationFor::Repository("o".into(), "r".into()), None).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::NotInstalled);
+    }
+    assert_eq!(pool.stats().lookups, 1);
 }

@@ -198,6 +198,15 @@ impl Lookups {
         hasher.finish()
     }
 
+    /// Where a "not installed" answer about `subject` is kept: its own key, except for an organization, whose
+    /// `404` (the login may be a user's) must not hide the answer of the user route.
+    fn negative_key(&self, subject: &Subject) -> u64 {
+        match subject {
+            Subject::Org(org) => self.key(org, None) ^ 0x6f72_6773_0000_0001,
+            _ => self.key(subject.owner(), subject.repo()),
+        }
+    }
+
     fn get(&self, owner: &str, repo: Option<&str>) -> Option<Arc<Resolved>> {
         self.cache
             .get(&self.key(owner, repo))
@@ -225,15 +234,20 @@ impl Lookups {
     /// the lookups of its other repositories go out side by side.
     pub(crate) async fn resolve(&self, subject: &Subject, github: &Github<'_>) -> Result<u64, Error> {
         subject.check()?;
+        let mut waited = false;
         loop {
             match self.find(subject) {
                 Found::Installation(id) => return Ok(id),
                 Found::NotInstalled => return Err(not_installed(subject, github)),
                 Found::Unknown => {}
             }
-            let key = match self.get(subject.owner(), None) {
-                Some(_) => self.key(subject.owner(), subject.repo()),
-                None => self.key(subject.owner(), None),
+            // The first lookup of an account goes alone (its answer may cover every repository); requests that
+            // waited for it and still have no answer (a repository of an installation on selected repositories,
+            // or of an account without the App) ask for their own subject side by side.
+            let key = if waited || self.get(subject.owner(), None).is_some() {
+                self.negative_key(subject)
+            } else {
+                self.key(subject.owner(), None)
             };
             // Join the lookup in flight for the key, or start one.
             let (flight, sender) = {
@@ -249,8 +263,12 @@ impl Lookups {
             };
             if let Some(mut flight) = flight {
                 // Its answer is in the cache now (or it was for another repository of the account): look again.
-                // A lookup that failed is not an answer: this request asks for itself.
-                let _ = flight.wait_for(Option::is_some).await;
+                // A lookup that failed tells of GitHub, not of the subject: everyone waiting gets its error.
+                let outcome = flight.wait_for(Option::is_some).await.map(|o| o.clone());
+                if let Ok(Some(Err(error))) = outcome {
+                    return Err(error);
+                }
+                waited = true;
                 continue;
             }
             // Removed however this ends (the future may be dropped with its request).
@@ -274,7 +292,8 @@ impl Lookups {
             return Found::Installation(id);
         }
         // A "not installed" answer for exactly this account or repository, while it is remembered.
-        match self.get(owner, repo).map(|resolved| resolved.outcome) {
+        let negative = self.cache.get(&self.negative_key(subject)).filter(|r| r.names(owner, repo));
+        match negative.filter(|r| !r.forgotten.load(Ordering::Relaxed)).map(|resolved| resolved.outcome) {
             Some(Outcome::NotInstalled { until }) if Instant::now() < until => Found::NotInstalled,
             _ => Found::Unknown,
         }
@@ -297,10 +316,11 @@ impl Lookups {
         let owner: Box<str> = subject.owner().into();
         let repo: Option<Box<str>> = subject.repo().map(Into::into);
         if status == StatusCode::NOT_FOUND {
-            let until = Instant::now() + self.negative_ttl;
+            // "Forever" is a century.
+            let until = Instant::now() + self.negative_ttl.min(Duration::from_secs(100 * 365 * 24 * 3600));
             let resolved =
                 Resolved { owner, repo, outcome: Outcome::NotInstalled { until }, forgotten: AtomicBool::new(false) };
-            self.store(generation, self.key(subject.owner(), subject.repo()), resolved);
+            self.store(generation, self.negative_key(subject), resolved);
             github.counters.not_installed.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
@@ -416,16 +436,20 @@ pub(crate) struct Github<'a> {
 }
 
 fn not_installed(subject: &Subject, github: &Github<'_>) -> Error {
+    let remembered = if github.negative_ttl.is_zero() {
+        "This answer is not remembered (not_installed_ttl is zero)".to_owned()
+    } else {
+        format!("This answer is remembered for {}", humantime::format_duration(github.negative_ttl))
+    };
     Error::new(
         ErrorKind::NotInstalled,
         format!(
             "GitHub App {} is not installed on {} ({} on {} answered 404), so the request was not sent: install \
-             the App there or grant it the repository. This answer is remembered for {:?}",
+             the App there or grant it the repository. {remembered}",
             github.app.id(),
             subject.describe(),
             subject.path(),
             github.api_base,
-            github.negative_ttl,
         ),
     )
 }

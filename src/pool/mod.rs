@@ -13,12 +13,16 @@
 //! 2. the path: `/repos/{owner}/{repo}/...` is looked up with `GET /repos/{owner}/{repo}/installation`,
 //!    `/orgs/{org}/...` with `GET /orgs/{org}/installation`, `/users/{user}/...` with
 //!    `GET /users/{user}/installation` (App JWT). Answers are cached: an installation that covers all of an
-//!    account's repositories is looked up once for all of them; a "not installed" answer is remembered for a
-//!    minute ([`InstallationPoolBuilder::not_installed_ttl`]) and fails requests fast with
-//!    [`ErrorKind::NotInstalled`], naming the account or repository and the App;
+//!    account's repositories is looked up once for all of them (the account's first lookup goes alone, and
+//!    concurrent requests for its other repositories wait for it); one that covers selected repositories is
+//!    looked up once per repository, side by side. A "not installed" answer is remembered for a minute
+//!    ([`InstallationPoolBuilder::not_installed_ttl`]) and fails requests fast with [`ErrorKind::NotInstalled`],
+//!    naming the account or repository and the App. A lookup GitHub fails (`5xx`, timeout) fails every request
+//!    waiting for it with its error, and is not remembered. A path that names an account without its name
+//!    (`/repos//r`, `/orgs/`, or any path starting with `//`) is refused with [`ErrorKind::InvalidRequest`],
+//!    whatever the default;
 //! 3. the [default installation](InstallationPoolBuilder::default_installation), if one was set;
-//! 4. otherwise the request fails with [`ErrorKind::InvalidRequest`]: it is
-//!    never sent without credentials.
+//! 4. otherwise the request fails with [`ErrorKind::InvalidRequest`]: it is never sent without credentials.
 //!
 //! A [`TokenScope`] request extension asks for a token limited to repositories or permissions: such tokens are
 //! kept apart from the installation's full token (the pool key is the API origin, the App, the installation and
@@ -26,9 +30,9 @@
 //! JWT (`/app/...`, the installation lookups) get the App JWT, as with [`InstallationAuthLayer`](crate::InstallationAuthLayer).
 //!
 //! Per request whose installation has a usable token: a few byte comparisons to read the path (or one extension
-//! lookup), then, from a small cache each service clone keeps, one relaxed atomic load and one header clone; a
-//! clone that has not seen the installation yet reads the pool's concurrent cache (moka), still without a lock
-//! or an allocation. Only a request whose installation has no token waits, for one mint shared by every
+//! lookup), then, from a small cache each service clone keeps, a few relaxed atomic loads (the token; whether
+//! the entry is still in the pool and the scheduler runs) and one header clone; a clone that has not seen the
+//! installation yet reads the pool's concurrent cache (moka), still without a lock or an allocation. Only a request whose installation has no token waits, for one mint shared by every
 //! request that needs it.
 //!
 //! The pool holds at most [`max_installations`](InstallationPoolBuilder::max_installations) entries (15,000 by
@@ -186,6 +190,9 @@ pub(crate) struct PoolInner {
     counters: Arc<Counters>,
     default_installation: Option<u64>,
     not_installed_ttl: Duration,
+    /// Mints under way, and a signal when the last one settles: `revoke_all` waits for them.
+    minting: std::sync::atomic::AtomicUsize,
+    mints_done: tokio::sync::Notify,
     /// The pool's one registration with the watchdog thread, which checks that the scheduler keeps its
     /// deadlines and, when none runs, withdraws tokens whose time for requests is over.
     watchdog: Registration,
@@ -193,6 +200,13 @@ pub(crate) struct PoolInner {
 }
 
 impl PoolInner {
+    /// Queues `slot`'s refresh at `at`; if that is the earliest, the watchdog checks that the scheduler wakes.
+    fn schedule(&self, slot: Weak<Slot>, at: Instant) {
+        if let Some(wakes_by) = self.scheduler.schedule(slot, at) {
+            self.watch_at(wakes_by + OVERSLEEP);
+        }
+    }
+
     /// Asks the watchdog to look at the pool at `at` at the latest.
     fn watch_at(&self, at: std::time::Instant) {
         let this: Weak<dyn Watched> = self.this.clone();
@@ -239,7 +253,7 @@ impl Watched for PoolInner {
 impl Drop for PoolInner {
     fn drop(&mut self) {
         // Ends the scheduler task.
-        self.scheduler.wake.notify_one();
+        self.scheduler.wake();
     }
 }
 
@@ -290,9 +304,10 @@ impl InstallationPool {
     }
 
     /// Revokes every token this pool minted that GitHub may still accept, and empties the pool: for a clean
-    /// shutdown. Tokens are revoked [`max_concurrent_mints`](InstallationPoolBuilder::max_concurrent_mints) at
-    /// a time; every one is tried, and the first failures are reported. The pool stays usable: later requests
-    /// mint new tokens.
+    /// shutdown. Mints under way are waited for (up to twice the mint timeout) and their tokens revoked too.
+    /// Tokens are revoked [`max_concurrent_mints`](InstallationPoolBuilder::max_concurrent_mints) at a time;
+    /// every one is tried, and the first failures are reported. The pool stays usable: requests that arrive
+    /// meanwhile or later mint new tokens (stop sending requests first for a clean shutdown).
     pub async fn revoke_all(&self) -> RevokeReport {
         let inner = &self.inner;
         let mut tokens: Vec<Arc<TokenEntry>> = Vec::new();
@@ -301,6 +316,16 @@ impl InstallationPool {
         }
         inner.slots.invalidate_all();
         inner.slots.run_pending_tasks();
+        // Mints under way settle into the retired slots' keeping: wait for them (each bounded by its timeout).
+        let deadline = Instant::now() + inner.mint_budget() * 2;
+        loop {
+            let settled = inner.mints_done.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if inner.minting.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, settled).await.is_err() {
+                break;
+            }
+        }
         tokens.extend(inner.retired.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
         let now = Instant::now();
         let mut seen = HashSet::new();
@@ -331,6 +356,8 @@ impl InstallationPool {
     /// scoped tokens named the removed repositories.
     pub fn forget_installation(&self, installation: u64) {
         let inner = &self.inner;
+        // Lookups first, so that no request finds the installation again while its slots are retired.
+        inner.lookups.forget_installation(installation);
         for (key, slot) in inner.slots.iter() {
             if key.installation == installation {
                 // A suspended installation's tokens live on: `revoke_all` still reaches them.
@@ -339,7 +366,6 @@ impl InstallationPool {
             }
         }
         inner.slots.run_pending_tasks();
-        inner.lookups.forget_installation(installation);
         tracing::info!(installation, "installation forgotten");
     }
 
@@ -536,6 +562,8 @@ impl InstallationPoolBuilder {
             counters,
             default_installation: self.default_installation,
             not_installed_ttl: self.not_installed_ttl,
+            minting: Default::default(),
+            mints_done: tokio::sync::Notify::new(),
             watchdog: Registration::new(),
             this: this.clone(),
         };
@@ -658,20 +686,17 @@ impl PoolInner {
                 return Err(error);
             }
             // A refreshed token waiting out its replication grace: better than a new mint.
-            if let Some(token) = slot.publish_pending() {
+            if let Some(token) = slot.take_pending() {
+                self.settle(&slot, Arc::clone(&token));
                 return Ok(token);
             }
+            let _in_flight = self.in_flight();
             let permit = self.scheduler.permit().await;
             let minted = self.mint(&slot, permit).await;
             return match minted {
                 Ok(token) => {
-                    if slot.retired.load(Ordering::Acquire) {
-                        // Forgotten, evicted or revoked meanwhile: this request gets the token, the pool only
-                        // keeps it for `revoke_all`.
-                        keep_for_revocation(&self.retired, vec![Arc::clone(&token)]);
-                    } else {
-                        slot.publish(Arc::clone(&token));
-                        self.scheduler.schedule(&slot, token.refresh_at());
+                    if self.settle(&slot, Arc::clone(&token)) {
+                        self.schedule(Arc::downgrade(&slot), token.refresh_at());
                     }
                     Ok(token)
                 }
@@ -732,8 +757,29 @@ impl PoolInner {
         if slot.current.load().is_some() {
             // Still in use as far as the retry is concerned.
             slot.touch();
-            self.scheduler.schedule(slot, now + delay);
+            self.schedule(Arc::downgrade(slot), now + delay);
         }
+    }
+
+    /// Counts a mint under way (see [`InFlight`]).
+    fn in_flight(&self) -> InFlight<'_> {
+        self.minting.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
+    }
+
+    /// Puts a minted token into its slot, or, when the slot left the pool (forgotten, evicted, revoked), keeps it
+    /// for `revoke_all` only. Returns whether the slot took it.
+    fn settle(&self, slot: &Slot, token: Arc<TokenEntry>) -> bool {
+        if slot.retired.load(Ordering::SeqCst) {
+            keep_for_revocation(&self.retired, vec![token]);
+            return false;
+        }
+        if slot.publish(token) {
+            return true;
+        }
+        // Retired while it was published: take back what it holds.
+        keep_for_revocation(&self.retired, slot.retire());
+        false
     }
 
     /// Lets an idle entry go: no request used it since its last refresh.
@@ -772,17 +818,22 @@ impl PoolInner {
 /// A scheduled refresh of `slot`, holding a mint permit: mints, waits out the replication grace while the old
 /// token serves, publishes, and queues the next refresh.
 async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePermit) {
+    // Dropped before it is done (its runtime shut down): the refresh goes back in the queue for the next task.
+    let requeue = Requeue { pool: Arc::downgrade(&pool), slot: Arc::downgrade(&slot), done: false };
     let flight = slot.flight();
     let flight = flight.lock().await;
     if slot.retired.load(Ordering::Acquire) || slot.refresh_at().is_some_and(|at| at > Instant::now()) {
         // Forgotten, or a request's mint replaced the token meanwhile.
+        requeue.done();
         return;
     }
+    let in_flight = pool.in_flight();
     let minted = pool.mint(&slot, permit).await;
     let token = match minted {
         Ok(token) => token,
         Err(error) => {
             pool.failed(&slot, error);
+            requeue.done();
             return;
         }
     };
@@ -791,22 +842,54 @@ async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePe
     let lifetime = token.expires().saturating_duration_since(token.received_at);
     let grace = timing.replication_grace.min(lifetime / 10);
     let old_serves = slot.current.load().as_ref().is_some_and(|old| Instant::now() + grace < old.usable_until());
-    pool.scheduler.schedule(&slot, token.refresh_at());
+    pool.schedule(Arc::downgrade(&slot), token.refresh_at());
+    requeue.done();
     if old_serves && !grace.is_zero() {
         // Keep stamping the old token while GitHub replicates the new one; a request that needs a token
-        // meanwhile takes the new one at once.
+        // meanwhile takes the new one at once. (`retire` and `revoke_all` reach it there.)
         slot.set_pending(token);
+        drop(in_flight);
         drop(flight);
         tokio::time::sleep(grace).await;
-        if let Some(token) = slot.publish_pending()
-            && slot.retired.load(Ordering::Acquire)
-        {
-            keep_for_revocation(&pool.retired, vec![token]);
+        if let Some(token) = slot.take_pending() {
+            pool.settle(&slot, token);
         }
-    } else if !slot.retired.load(Ordering::Acquire) {
-        slot.publish(token);
     } else {
-        keep_for_revocation(&pool.retired, vec![token]);
+        pool.settle(&slot, token);
+    }
+}
+
+/// Puts a refresh back in the queue unless it was done (see [`refresh`]).
+struct Requeue {
+    pool: Weak<PoolInner>,
+    slot: Weak<Slot>,
+    done: bool,
+}
+
+impl Requeue {
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Requeue {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.schedule(self.slot.clone(), Instant::now());
+        }
+    }
+}
+
+/// A mint under way, until its token is in its slot or kept for revocation: `revoke_all` waits for these.
+struct InFlight<'a>(&'a PoolInner);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.minting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.mints_done.notify_waiters();
+        }
     }
 }
 

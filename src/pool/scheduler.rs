@@ -27,8 +27,9 @@ pub(crate) struct Scheduler {
     /// the ten minutes a refresh comes ahead of expiry.
     queue: Mutex<BTreeMap<u64, Vec<Weak<Slot>>>>,
     origin: Instant,
-    /// Wakes the task when an earlier deadline was queued, and when the pool is dropped.
-    pub(crate) wake: Arc<Notify>,
+    /// Wakes the live task when an earlier deadline was queued, and when the pool is dropped. Each task has its
+    /// own: a retired task whose runtime stopped driving it must not swallow its successor's wake-ups.
+    wake: Mutex<Arc<Notify>>,
     /// Whether a task runs, and its generation: a task the watchdog retired (its runtime stopped driving it)
     /// exits when it runs again, since a newer one may have started meanwhile.
     running: Mutex<(bool, u64)>,
@@ -50,7 +51,7 @@ impl Scheduler {
         Scheduler {
             queue: Mutex::new(BTreeMap::new()),
             origin: Instant::now(),
-            wake: Arc::new(Notify::new()),
+            wake: Mutex::new(Arc::new(Notify::new())),
             running: Mutex::new((false, 0)),
             live: AtomicBool::new(false),
             wakes_by: AtomicU64::new(u64::MAX),
@@ -60,16 +61,27 @@ impl Scheduler {
         }
     }
 
-    /// Queues `slot` for a refresh at `at`.
-    pub(crate) fn schedule(&self, slot: &Arc<Slot>, at: Instant) {
+    /// Queues `slot` for a refresh at `at`. When that is the earliest deadline, wakes the task and moves the
+    /// moment it promised to wake by to then; returns that moment (real clock) for the watchdog, so that a task
+    /// that does not wake is found out.
+    pub(crate) fn schedule(&self, slot: Weak<Slot>, at: Instant) -> Option<std::time::Instant> {
         let second = self.second(at);
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let earliest = queue.first_key_value().map(|(second, _)| *second);
-        queue.entry(second).or_default().push(Arc::downgrade(slot));
+        queue.entry(second).or_default().push(slot);
         drop(queue);
         if earliest.is_none_or(|earliest| second < earliest) {
-            self.wake.notify_one();
+            let due = real_nanos(self.moment(second));
+            self.wakes_by.fetch_min(due, Ordering::AcqRel);
+            self.wake.lock().unwrap_or_else(|e| e.into_inner()).notify_one();
+            return Some(epoch() + Duration::from_nanos(due));
         }
+        None
+    }
+
+    /// Wakes the live task (the pool is going away, or something changed).
+    pub(crate) fn wake(&self) {
+        self.wake.lock().unwrap_or_else(|e| e.into_inner()).notify_one();
     }
 
     /// The queue's second for `at` (rounded up).
@@ -117,8 +129,8 @@ impl Scheduler {
         (running, generation, wakes_by)
     }
 
-    /// Retires the task of `generation` (the watchdog saw it oversleep): the next request that needs a token
-    /// starts another where it runs. Returns whether it was the live one.
+    /// Retires the task of `generation` (the watchdog saw it oversleep, or its runtime dropped it): the next
+    /// request starts another where it runs. Returns whether it was the live one.
     pub(crate) fn retire(&self, generation: u64) -> bool {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let retire = *running == (true, generation);
@@ -145,25 +157,40 @@ impl Scheduler {
         *running = (true, running.1 + 1);
         self.live.store(true, Ordering::Relaxed);
         let generation = running.1;
+        let wake = Arc::new(Notify::new());
+        *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&wake);
         drop(running);
-        let guard = Running { pool: Arc::downgrade(pool), generation };
-        drop(runtime.spawn(run(guard, Arc::clone(&self.wake))));
+        let guard = Running { pool: Arc::downgrade(pool), generation, due: Vec::new() };
+        drop(runtime.spawn(run(guard, wake)));
         Ok(())
     }
 }
 
-/// Marks the task stopped however it ends (pool dropped, runtime shut down, dropped unpolled), and hands the
-/// pool's tokens to the watchdog, which withdraws each at the end of its use until a request starts a new task.
+/// A real-clock moment as `wakes_by` stores it.
+fn real_nanos(at: Instant) -> u64 {
+    real_time(at).saturating_duration_since(epoch()).as_nanos().min(u128::from(u64::MAX - 1)) as u64
+}
+
+/// The task's state that must outlive it: however it ends (pool dropped, runtime shut down, dropped unpolled,
+/// retired), it marks itself stopped, puts the refreshes it had taken from the queue back, and hands the pool
+/// to the watchdog, which withdraws tokens at the end of their use until a request starts a new task.
 struct Running {
     pool: Weak<PoolInner>,
     generation: u64,
+    /// The entries of the last due second, taken from the queue at once and refreshed one by one.
+    due: Vec<Weak<Slot>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(pool) = self.pool.upgrade()
-            && pool.scheduler.retire(self.generation)
-        {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        for slot in self.due.drain(..) {
+            pool.schedule(slot, now);
+        }
+        if pool.scheduler.retire(self.generation) {
             pool.watch_at(std::time::Instant::now());
         }
     }
@@ -175,16 +202,13 @@ fn heartbeat(pool: &PoolInner, wakes_by: Option<Instant>) {
         pool.scheduler.wakes_by.store(u64::MAX, Ordering::Release);
         return;
     };
-    let real = real_time(at);
-    let nanos = real.saturating_duration_since(epoch()).as_nanos().min(u128::from(u64::MAX - 1)) as u64;
+    let nanos = real_nanos(at);
     pool.scheduler.wakes_by.store(nanos, Ordering::Release);
-    pool.watch_at(real + OVERSLEEP);
+    pool.watch_at(epoch() + Duration::from_nanos(nanos) + OVERSLEEP);
 }
 
 /// The task: pops due refreshes, refreshes entries in use and evicts idle ones, sleeps until the next.
-async fn run(guard: Running, wake: Arc<Notify>) {
-    // The entries of the last due second, taken from the queue at once and refreshed one by one.
-    let mut due: Vec<Weak<Slot>> = Vec::new();
+async fn run(mut guard: Running, wake: Arc<Notify>) {
     loop {
         let Some(pool) = guard.pool.upgrade() else {
             return;
@@ -195,14 +219,18 @@ async fn run(guard: Running, wake: Arc<Notify>) {
         }
         pool.counters.scheduler_wakeups.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        if due.is_empty() {
+        if guard.due.is_empty() {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            // Registered before the queue is read: a deadline queued after the read wakes this task.
+            notified.as_mut().enable();
             let next = {
                 let mut queue = pool.scheduler.queue.lock().unwrap_or_else(|e| e.into_inner());
                 match queue.first_entry() {
                     Some(first) if pool.scheduler.moment(*first.key()) <= now => {
-                        due = first.remove();
+                        guard.due = first.remove();
                         // Oldest last: `pop` takes them in the order they were queued.
-                        due.reverse();
+                        guard.due.reverse();
                         None
                     }
                     Some(first) => Some(Some(pool.scheduler.moment(*first.key()))),
@@ -212,7 +240,6 @@ async fn run(guard: Running, wake: Arc<Notify>) {
             match next {
                 None => {}
                 Some(Some(at)) => {
-                    let notified = wake.notified();
                     heartbeat(&pool, Some(at));
                     drop(pool);
                     tokio::select! {
@@ -222,7 +249,6 @@ async fn run(guard: Running, wake: Arc<Notify>) {
                     continue;
                 }
                 Some(None) => {
-                    let notified = wake.notified();
                     heartbeat(&pool, None);
                     drop(pool);
                     notified.await;
@@ -230,19 +256,20 @@ async fn run(guard: Running, wake: Arc<Notify>) {
                 }
             }
         }
-        let Some(slot) = due.pop().and_then(|weak| weak.upgrade()) else {
+        // Kept in `due` until its refresh is spawned: a task that ends meanwhile puts it back in the queue.
+        let Some(slot) = guard.due.last().and_then(Weak::upgrade) else {
+            guard.due.pop();
             continue;
         };
-        if slot.retired.load(Ordering::Acquire) {
-            continue;
-        }
-        // A refresh queued for a token that was replaced meanwhile (an invalidation, a demand mint) is stale:
-        // the newer token queued its own.
-        if slot.refresh_at().is_some_and(|at| at > now) {
+        if slot.retired.load(Ordering::Acquire) || slot.refresh_at().is_some_and(|at| at > now) {
+            // Left the pool, or a refresh queued for a token that was replaced meanwhile (an invalidation, a
+            // demand mint): the newer token queued its own.
+            guard.due.pop();
             continue;
         }
         if !slot.used.swap(false, Ordering::Relaxed) && slot.current.load().is_some() {
             // Nobody used it since its token arrived: let it go rather than keep it warm.
+            guard.due.pop();
             pool.evict_idle(&slot);
             continue;
         }
@@ -250,8 +277,11 @@ async fn run(guard: Running, wake: Arc<Notify>) {
         let start = pool.scheduler.turn();
         heartbeat(&pool, Some(start));
         tokio::time::sleep_until(start).await;
-        heartbeat(&pool, Some(Instant::now() + pool.mint_budget()));
+        // Waiting for a permit is waiting for mints under way, each bounded by the mint timeout (twice, with a
+        // clock correction); time spent there is not oversleeping.
+        heartbeat(&pool, Some(Instant::now() + pool.mint_budget() * 3));
         let permit = pool.scheduler.permit().await;
+        guard.due.pop();
         drop(tokio::spawn(super::refresh(pool, slot, permit)));
     }
 }

@@ -124,12 +124,15 @@ impl Slot {
 
     /// Publishes `token`, keeping the one it replaces as `previous`. (Its refresh, queued before its end of use,
     /// is what the watchdog watches: see the [scheduler](super::scheduler).)
-    pub(crate) fn publish(&self, token: Arc<TokenEntry>) {
+    /// Returns false if the slot was retired meanwhile (then the token may be in it: `retire` again takes it).
+    pub(crate) fn publish(&self, token: Arc<TokenEntry>) -> bool {
         if let Some(old) = self.current.swap(Some(token)) {
             self.previous.store(Some(old));
         }
         // Waiters that hold the flight still take it, then find this token.
         *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Pairs with `retire`: either its swap saw this token, or this sees the flag.
+        !self.retired.load(Ordering::SeqCst)
     }
 
     /// The lock whoever mints for the slot holds.
@@ -143,18 +146,14 @@ impl Slot {
         self.busy.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |busy| busy.failures)
     }
 
-    /// Keeps `token` until [`publish_pending`](Self::publish_pending), while the current one still serves.
+    /// Keeps `token` until [`take_pending`](Self::take_pending), while the current one still serves.
     pub(crate) fn set_pending(&self, token: Arc<TokenEntry>) {
         self.pending.store(Some(token));
     }
 
-    /// Publishes the token waiting out its replication grace, if it is still there. Returns it.
-    pub(crate) fn publish_pending(&self) -> Option<Arc<TokenEntry>> {
-        let token = self.pending.swap(None)?;
-        if !self.retired.load(Ordering::Acquire) {
-            self.publish(Arc::clone(&token));
-        }
-        Some(token)
+    /// Takes the token waiting out its replication grace, if it is still there.
+    pub(crate) fn take_pending(&self) -> Option<Arc<TokenEntry>> {
+        self.pending.swap(None)
     }
 
     /// The failure waiters should get now, if a mint failed and its backoff runs.
@@ -174,7 +173,7 @@ impl Slot {
     /// Takes the slot out of service: requests holding it look again, and nothing is published into it.
     /// Returns the tokens it held (current, pending, previous), for revocation.
     pub(crate) fn retire(&self) -> Vec<Arc<TokenEntry>> {
-        self.retired.store(true, Ordering::Release);
+        self.retired.store(true, Ordering::SeqCst);
         let mut tokens: Vec<Arc<TokenEntry>> = Vec::new();
         tokens.extend(self.current.swap(None));
         tokens.extend(self.pending.swap(None));
