@@ -616,3 +616,24 @@ async fn failing_lookups_fail_every_waiter_with_one_request_and_odd_ttls_are_saf
     }
     assert_eq!(pool.stats().lookups, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lookup_error_about_one_repository_is_not_given_to_another() {
+    let counts = Arc::new(Default::default());
+    let client = scripted(TokenEndpoint::default(), Duration::from_millis(200), Arc::clone(&counts), |path, _| {
+        if path.contains("/old/") {
+            (301, r#"{"message":"Moved Permanently"}"#.to_owned())
+        } else {
+            (200, r#"{"id":5,"repository_selection":"selected","account":{"login":"o"}}"#.to_owned())
+        }
+    });
+    let pool = InstallationPool::builder(test_app()).build(client).unwrap();
+    let old = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.token(InstallationFor::Repository("o".into(), "old".into()), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let new = pool.token(InstallationFor::Repository("o".into(), "new".into()), None).await;
+    assert_eq!(new.unwrap().installation_id(), 5);
+    assert_eq!(old.await.unwrap().unwrap_err().kind(), ErrorKind::InvalidRequest);
+}

@@ -263,9 +263,12 @@ impl Lookups {
             };
             if let Some(mut flight) = flight {
                 // Its answer is in the cache now (or it was for another repository of the account): look again.
-                // A lookup that failed tells of GitHub, not of the subject: everyone waiting gets its error.
+                // A lookup GitHub failed (server error, timeout, rate limit, refused JWT) would fail again:
+                // everyone waiting gets its error. Other errors are about its subject only.
                 let outcome = flight.wait_for(Option::is_some).await.map(|o| o.clone());
-                if let Ok(Some(Err(error))) = outcome {
+                if let Ok(Some(Err(error))) = outcome
+                    && is_about_github(&error)
+                {
                     return Err(error);
                 }
                 waited = true;
@@ -433,6 +436,20 @@ pub(crate) struct Github<'a> {
     pub(crate) timeout: Duration,
     pub(crate) counters: &'a super::Counters,
     pub(crate) negative_ttl: Duration,
+}
+
+/// Whether a failed lookup says something about GitHub (or the App), not about the account or repository asked.
+fn is_about_github(error: &Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ServerError
+            | ErrorKind::Transport
+            | ErrorKind::Timeout
+            | ErrorKind::RateLimited
+            | ErrorKind::JwtRejected
+            | ErrorKind::ClockSkew
+            | ErrorKind::Signing
+    )
 }
 
 fn not_installed(subject: &Subject, github: &Github<'_>) -> Error {

@@ -322,7 +322,7 @@ impl InstallationPool {
             let settled = inner.mints_done.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
-            if inner.minting.load(Ordering::Acquire) == 0 || tokio::time::timeout_at(deadline, settled).await.is_err() {
+            if inner.minting.load(Ordering::SeqCst) == 0 || tokio::time::timeout_at(deadline, settled).await.is_err() {
                 break;
             }
         }
@@ -675,7 +675,10 @@ impl PoolInner {
             }
             let flight = slot.flight();
             let _flight = flight.lock().await;
-            if slot.retired.load(Ordering::Acquire) {
+            // Counted before `retired` is read: `revoke_all` either sees this mint under way or this sees it
+            // retired.
+            let _in_flight = self.in_flight();
+            if slot.retired.load(Ordering::SeqCst) {
                 // Evicted or forgotten while we waited: start over with the entry that replaced it.
                 continue;
             }
@@ -690,7 +693,6 @@ impl PoolInner {
                 self.settle(&slot, Arc::clone(&token));
                 return Ok(token);
             }
-            let _in_flight = self.in_flight();
             let permit = self.scheduler.permit().await;
             let minted = self.mint(&slot, permit).await;
             return match minted {
@@ -763,7 +765,7 @@ impl PoolInner {
 
     /// Counts a mint under way (see [`InFlight`]).
     fn in_flight(&self) -> InFlight<'_> {
-        self.minting.fetch_add(1, Ordering::AcqRel);
+        self.minting.fetch_add(1, Ordering::SeqCst);
         InFlight(self)
     }
 
@@ -817,17 +819,18 @@ impl PoolInner {
 
 /// A scheduled refresh of `slot`, holding a mint permit: mints, waits out the replication grace while the old
 /// token serves, publishes, and queues the next refresh.
-async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePermit) {
-    // Dropped before it is done (its runtime shut down): the refresh goes back in the queue for the next task.
-    let requeue = Requeue { pool: Arc::downgrade(&pool), slot: Arc::downgrade(&slot), done: false };
+/// `requeue` is an argument, not made inside: dropped unpolled (its runtime shutting down), it still puts the
+/// refresh back in the queue for the next task.
+async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePermit, requeue: Requeue) {
     let flight = slot.flight();
     let flight = flight.lock().await;
-    if slot.retired.load(Ordering::Acquire) || slot.refresh_at().is_some_and(|at| at > Instant::now()) {
+    // Counted before `retired` is read: `revoke_all` either sees this mint under way or this sees it retired.
+    let in_flight = pool.in_flight();
+    if slot.retired.load(Ordering::SeqCst) || slot.refresh_at().is_some_and(|at| at > Instant::now()) {
         // Forgotten, or a request's mint replaced the token meanwhile.
         requeue.done();
         return;
     }
-    let in_flight = pool.in_flight();
     let minted = pool.mint(&slot, permit).await;
     let token = match minted {
         Ok(token) => token,
@@ -848,6 +851,13 @@ async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePe
         // Keep stamping the old token while GitHub replicates the new one; a request that needs a token
         // meanwhile takes the new one at once. (`retire` and `revoke_all` reach it there.)
         slot.set_pending(token);
+        if slot.retired.load(Ordering::SeqCst)
+            && let Some(token) = slot.take_pending()
+        {
+            // Retired before the token was set aside: keep it where `revoke_all` finds it.
+            pool.settle(&slot, token);
+            return;
+        }
         drop(in_flight);
         drop(flight);
         tokio::time::sleep(grace).await;
@@ -860,13 +870,17 @@ async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePe
 }
 
 /// Puts a refresh back in the queue unless it was done (see [`refresh`]).
-struct Requeue {
+pub(crate) struct Requeue {
     pool: Weak<PoolInner>,
     slot: Weak<Slot>,
     done: bool,
 }
 
 impl Requeue {
+    pub(crate) fn new(pool: &Arc<PoolInner>, slot: &Arc<Slot>) -> Self {
+        Requeue { pool: Arc::downgrade(pool), slot: Arc::downgrade(slot), done: false }
+    }
+
     fn done(mut self) {
         self.done = true;
     }
@@ -887,7 +901,7 @@ struct InFlight<'a>(&'a PoolInner);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.minting.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.minting.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.mints_done.notify_waiters();
         }
     }

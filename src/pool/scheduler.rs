@@ -39,6 +39,9 @@ pub(crate) struct Scheduler {
     /// When the task will wake at the latest, on the real clock (nanoseconds after the crate's epoch; `u64::MAX`
     /// while it waits for work with no deadline).
     wakes_by: AtomicU64,
+    /// Whether the task waits for a deadline or a wake-up (rather than for its turn under the rate or for a
+    /// permit): only then does an earlier deadline move `wakes_by`.
+    listening: AtomicBool,
     permits: Arc<Semaphore>,
     /// Scheduled refreshes start no closer together than this.
     spacing: Duration,
@@ -55,6 +58,7 @@ impl Scheduler {
             running: Mutex::new((false, 0)),
             live: AtomicBool::new(false),
             wakes_by: AtomicU64::new(u64::MAX),
+            listening: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(max_concurrent_mints)),
             spacing: Duration::from_secs_f64(1.0 / rate_per_second),
             next_start: Mutex::new(Instant::now()),
@@ -71,12 +75,31 @@ impl Scheduler {
         queue.entry(second).or_default().push(slot);
         drop(queue);
         if earliest.is_none_or(|earliest| second < earliest) {
-            let due = real_nanos(self.moment(second));
-            self.wakes_by.fetch_min(due, Ordering::AcqRel);
             self.wake.lock().unwrap_or_else(|e| e.into_inner()).notify_one();
-            return Some(epoch() + Duration::from_nanos(due));
+            if self.listening.load(Ordering::Acquire) {
+                let due = real_nanos(self.moment(second));
+                self.wakes_by.fetch_min(due, Ordering::AcqRel);
+                return Some(epoch() + Duration::from_nanos(due));
+            }
         }
         None
+    }
+
+    /// Takes `slot` out of the queue second `second`, where the task found it. Returns whether it was there
+    /// (a newer task may have taken it meanwhile).
+    fn take(&self, second: u64, slot: &Weak<Slot>) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(bucket) = queue.get_mut(&second) else {
+            return false;
+        };
+        let Some(at) = bucket.iter().rposition(|queued| queued.ptr_eq(slot)) else {
+            return false;
+        };
+        bucket.swap_remove(at);
+        if bucket.is_empty() {
+            queue.remove(&second);
+        }
+        true
     }
 
     /// Wakes the live task (the pool is going away, or something changed).
@@ -160,7 +183,7 @@ impl Scheduler {
         let wake = Arc::new(Notify::new());
         *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&wake);
         drop(running);
-        let guard = Running { pool: Arc::downgrade(pool), generation, due: Vec::new() };
+        let guard = Running { pool: Arc::downgrade(pool), generation };
         drop(runtime.spawn(run(guard, wake)));
         Ok(())
     }
@@ -171,33 +194,31 @@ fn real_nanos(at: Instant) -> u64 {
     real_time(at).saturating_duration_since(epoch()).as_nanos().min(u128::from(u64::MAX - 1)) as u64
 }
 
-/// The task's state that must outlive it: however it ends (pool dropped, runtime shut down, dropped unpolled,
-/// retired), it marks itself stopped, puts the refreshes it had taken from the queue back, and hands the pool
-/// to the watchdog, which withdraws tokens at the end of their use until a request starts a new task.
+/// The task's state that must outlive it: however it ends (pool dropped, runtime shut down, dropped unpolled),
+/// it marks itself stopped and hands the pool to the watchdog, which withdraws tokens at the end of their use
+/// until a request starts a new task. (An entry leaves the queue only when its refresh is spawned, so a task
+/// that ends or is retired takes none with it.)
 struct Running {
     pool: Weak<PoolInner>,
     generation: u64,
-    /// The entries of the last due second, taken from the queue at once and refreshed one by one.
-    due: Vec<Weak<Slot>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let Some(pool) = self.pool.upgrade() else {
-            return;
-        };
-        let now = Instant::now();
-        for slot in self.due.drain(..) {
-            pool.schedule(slot, now);
-        }
-        if pool.scheduler.retire(self.generation) {
+        if let Some(pool) = self.pool.upgrade()
+            && pool.scheduler.retire(self.generation)
+        {
             pool.watch_at(std::time::Instant::now());
         }
     }
 }
 
-/// Tells the watchdog when the task wakes at the latest (`None`: it waits for work, with no token to watch).
-fn heartbeat(pool: &PoolInner, wakes_by: Option<Instant>) {
+/// Tells the watchdog when the task of `generation` wakes at the latest (`None`: it waits for work, with no
+/// token to watch). A retired task that still runs promises nothing.
+fn heartbeat(pool: &PoolInner, generation: u64, wakes_by: Option<Instant>) {
+    if !pool.scheduler.is_live(generation) {
+        return;
+    }
     let Some(at) = wakes_by else {
         pool.scheduler.wakes_by.store(u64::MAX, Ordering::Release);
         return;
@@ -207,81 +228,94 @@ fn heartbeat(pool: &PoolInner, wakes_by: Option<Instant>) {
     pool.watch_at(epoch() + Duration::from_nanos(nanos) + OVERSLEEP);
 }
 
-/// The task: pops due refreshes, refreshes entries in use and evicts idle ones, sleeps until the next.
-async fn run(mut guard: Running, wake: Arc<Notify>) {
+/// The task: takes due refreshes one by one, refreshes entries in use and evicts idle ones, sleeps until the
+/// next.
+async fn run(guard: Running, wake: Arc<Notify>) {
+    let generation = guard.generation;
     loop {
         let Some(pool) = guard.pool.upgrade() else {
             return;
         };
-        if !pool.scheduler.is_live(guard.generation) {
+        if !pool.scheduler.is_live(generation) {
             // Retired by the watchdog while its runtime did not drive it; a newer task may run.
             return;
         }
         pool.counters.scheduler_wakeups.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        if guard.due.is_empty() {
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            // Registered before the queue is read: a deadline queued after the read wakes this task.
-            notified.as_mut().enable();
-            let next = {
-                let mut queue = pool.scheduler.queue.lock().unwrap_or_else(|e| e.into_inner());
-                match queue.first_entry() {
-                    Some(first) if pool.scheduler.moment(*first.key()) <= now => {
-                        guard.due = first.remove();
-                        // Oldest last: `pop` takes them in the order they were queued.
-                        guard.due.reverse();
-                        None
-                    }
-                    Some(first) => Some(Some(pool.scheduler.moment(*first.key()))),
-                    None => Some(None),
-                }
-            };
-            match next {
-                None => {}
-                Some(Some(at)) => {
-                    heartbeat(&pool, Some(at));
-                    drop(pool);
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
-                    continue;
-                }
-                Some(None) => {
-                    heartbeat(&pool, None);
-                    drop(pool);
-                    notified.await;
-                    continue;
-                }
-            }
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        // Registered before the queue is read: a deadline queued after the read wakes this task.
+        notified.as_mut().enable();
+        enum Next {
+            Due(u64, Weak<Slot>),
+            At(Instant),
+            Nothing,
         }
-        // Kept in `due` until its refresh is spawned: a task that ends meanwhile puts it back in the queue.
-        let Some(slot) = guard.due.last().and_then(Weak::upgrade) else {
-            guard.due.pop();
+        let next = {
+            let mut queue = pool.scheduler.queue.lock().unwrap_or_else(|e| e.into_inner());
+            match queue.first_entry() {
+                Some(first) if pool.scheduler.moment(*first.key()) <= now => match first.get().last() {
+                    Some(slot) => Next::Due(*first.key(), slot.clone()),
+                    None => {
+                        first.remove();
+                        continue;
+                    }
+                },
+                Some(first) => Next::At(pool.scheduler.moment(*first.key())),
+                None => Next::Nothing,
+            }
+        };
+        let (second, queued) = match next {
+            Next::Due(second, queued) => (second, queued),
+            Next::At(at) => {
+                heartbeat(&pool, generation, Some(at));
+                pool.scheduler.listening.store(true, Ordering::Release);
+                drop(pool);
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+                continue;
+            }
+            Next::Nothing => {
+                heartbeat(&pool, generation, None);
+                pool.scheduler.listening.store(true, Ordering::Release);
+                drop(pool);
+                notified.await;
+                continue;
+            }
+        };
+        pool.scheduler.listening.store(false, Ordering::Release);
+        let Some(slot) = queued.upgrade() else {
+            pool.scheduler.take(second, &queued);
             continue;
         };
         if slot.retired.load(Ordering::Acquire) || slot.refresh_at().is_some_and(|at| at > now) {
             // Left the pool, or a refresh queued for a token that was replaced meanwhile (an invalidation, a
             // demand mint): the newer token queued its own.
-            guard.due.pop();
+            pool.scheduler.take(second, &queued);
             continue;
         }
-        if !slot.used.swap(false, Ordering::Relaxed) && slot.current.load().is_some() {
+        if !slot.used.load(Ordering::Relaxed) && slot.current.load().is_some() {
             // Nobody used it since its token arrived: let it go rather than keep it warm.
-            guard.due.pop();
+            pool.scheduler.take(second, &queued);
             pool.evict_idle(&slot);
             continue;
         }
         // Spread over time at the configured rate, and no more mints at once than the cap.
         let start = pool.scheduler.turn();
-        heartbeat(&pool, Some(start));
+        heartbeat(&pool, generation, Some(start));
         tokio::time::sleep_until(start).await;
         // Waiting for a permit is waiting for mints under way, each bounded by the mint timeout (twice, with a
         // clock correction); time spent there is not oversleeping.
-        heartbeat(&pool, Some(Instant::now() + pool.mint_budget() * 3));
+        heartbeat(&pool, generation, Some(Instant::now() + pool.mint_budget() * 3));
         let permit = pool.scheduler.permit().await;
-        guard.due.pop();
-        drop(tokio::spawn(super::refresh(pool, slot, permit)));
+        // It leaves the queue only now: a task retired or dropped before this point leaves it to the next.
+        if !pool.scheduler.is_live(generation) || !pool.scheduler.take(second, &queued) {
+            continue;
+        }
+        slot.used.store(false, Ordering::Relaxed);
+        let requeue = super::Requeue::new(&pool, &slot);
+        drop(tokio::spawn(super::refresh(pool, slot, permit, requeue)));
     }
 }
