@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::mint::{MintClient, MintParams, Minted, mint_correcting_skew};
-use super::token::TokenEntry;
+use super::token::{TokenEntry, replace_current, take_current_if};
 use super::watchdog::{self, Registration, Watched};
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind};
@@ -234,21 +234,13 @@ impl Shared {
         if let Some(token) = &token {
             self.watch_until(token.usable_until_real);
         }
-        if let Some(old) = self.current.swap(token) {
-            self.previous.store(Some(old));
-        }
+        replace_current(&self.current, &self.previous, token);
     }
 
     /// Drops the token with this serial if it is still the current one, and asks for a new one.
     pub(crate) fn invalidate_serial(&self, serial: u64) -> bool {
-        let mut dropped = false;
-        let before = self.current.rcu(|current| {
-            dropped = current.as_ref().is_some_and(|token| token.serial == serial);
-            if dropped { None } else { current.clone() }
-        });
+        let dropped = take_current_if(&self.current, &self.previous, |token| token.serial == serial).is_some();
         if dropped {
-            // Requests that carried it may still be answered: keep it reachable.
-            self.previous.store(before);
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 installation = self.params.installation_id,
@@ -262,19 +254,7 @@ impl Shared {
 
     /// Takes the current token from requests if `spent` says so. Returns it if it was taken.
     fn take_current_if(&self, spent: impl Fn(&TokenEntry) -> bool) -> Option<Arc<TokenEntry>> {
-        if self.current.load().as_deref().is_none_or(|token| !spent(token)) {
-            return None;
-        }
-        let mut taken = false;
-        let before = self.current.rcu(|current| {
-            taken = current.as_deref().is_some_and(&spent);
-            if taken { None } else { current.clone() }
-        });
-        if !taken {
-            return None;
-        }
-        self.previous.store(before.clone());
-        before
+        take_current_if(&self.current, &self.previous, spent)
     }
 
     /// Withdraws the current token if its time for requests is over.

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -74,6 +75,40 @@ impl TokenDetails {
 /// Every live token by serial, for the rare response (a `401`) that needs the entry of a token its request did
 /// not hold on to. Written once per mint and once per drop; read only on refusals.
 static REGISTRY: Mutex<BTreeMap<u64, Weak<TokenEntry>>> = Mutex::new(BTreeMap::new());
+
+/// Makes `token` current, keeping the one it replaces in `previous`: requests that carried it may still be
+/// answered, and the retry policy then needs its entry.
+pub(crate) fn replace_current(
+    current: &ArcSwapOption<TokenEntry>,
+    previous: &ArcSwapOption<TokenEntry>,
+    token: Option<Arc<TokenEntry>>,
+) {
+    if let Some(old) = current.swap(token) {
+        previous.store(Some(old));
+    }
+}
+
+/// Takes the current token from requests if `spent` says so, keeping it in `previous`. Returns it if it was
+/// taken. One atomic load when it is not.
+pub(crate) fn take_current_if(
+    current: &ArcSwapOption<TokenEntry>,
+    previous: &ArcSwapOption<TokenEntry>,
+    spent: impl Fn(&TokenEntry) -> bool,
+) -> Option<Arc<TokenEntry>> {
+    if current.load().as_deref().is_none_or(|token| !spent(token)) {
+        return None;
+    }
+    let mut taken = false;
+    let before = current.rcu(|current| {
+        taken = current.as_deref().is_some_and(&spent);
+        if taken { None } else { current.clone() }
+    });
+    if !taken {
+        return None;
+    }
+    previous.store(before.clone());
+    before
+}
 
 /// Milliseconds from `from` to `to` (0 if `to` is earlier), for [`TokenEntry`]'s times.
 pub(crate) fn millis_between(from: Instant, to: Instant) -> u32 {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::Counters;
 use crate::error::Error;
 use crate::installation::TokenScope;
-use crate::installation::token::TokenEntry;
+use crate::installation::token::{TokenEntry, replace_current, take_current_if};
 use crate::source::Invalidate;
 
 /// What a pool entry is for: an installation and the scope of its tokens. The API origin and the App are the
@@ -126,9 +126,7 @@ impl Slot {
     /// is what the watchdog watches: see the [scheduler](super::scheduler).)
     /// Returns false if the slot was retired meanwhile (then the token may be in it: `retire` again takes it).
     pub(crate) fn publish(&self, token: Arc<TokenEntry>) -> bool {
-        if let Some(old) = self.current.swap(Some(token)) {
-            self.previous.store(Some(old));
-        }
+        replace_current(&self.current, &self.previous, Some(token));
         // Waiters that hold the flight still take it, then find this token.
         *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = None;
         // Pairs with `retire`: either its swap saw this token, or this sees the flag.
@@ -185,17 +183,13 @@ impl Slot {
     /// the clock, so when no scheduler replaces it, the watchdog takes it away. Returns when the token it keeps
     /// must go, if it keeps one.
     pub(crate) fn withdraw_if_spent(&self, now: std::time::Instant) -> Option<std::time::Instant> {
-        let spent = |current: &Option<Arc<TokenEntry>>| current.as_ref().is_some_and(|t| now >= t.usable_until_real);
-        if spent(&self.current.load()) {
-            let before = self.current.rcu(|current| if spent(current) { None } else { current.clone() });
-            if let Some(token) = before.filter(|token| now >= token.usable_until_real) {
-                tracing::warn!(
-                    installation = self.key.installation,
-                    serial = token.serial,
-                    "installation token withdrawn: no replacement before its end of use"
-                );
-                self.previous.store(Some(token));
-            }
+        let spent = |token: &TokenEntry| now >= token.usable_until_real;
+        if let Some(token) = take_current_if(&self.current, &self.previous, spent) {
+            tracing::warn!(
+                installation = self.key.installation,
+                serial = token.serial,
+                "installation token withdrawn: no replacement before its end of use"
+            );
         }
         self.current.load().as_ref().map(|token| token.usable_until_real)
     }
@@ -208,14 +202,8 @@ impl Slot {
 
 impl Invalidate for Slot {
     fn invalidate(&self, serial: u64) -> bool {
-        let mut dropped = false;
-        let before = self.current.rcu(|current| {
-            dropped = current.as_ref().is_some_and(|token| token.serial == serial);
-            if dropped { None } else { current.clone() }
-        });
+        let dropped = take_current_if(&self.current, &self.previous, |token| token.serial == serial).is_some();
         if dropped {
-            // Requests that carried it may still be answered: keep it reachable.
-            self.previous.store(before);
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
             tracing::info!(installation = self.key.installation, serial, "installation token invalidated");
         }
