@@ -10,37 +10,14 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_github_app::{AppAuthLayer, GitHubApp, InstallationFor, InstallationPool};
 
-/// Counts live heap bytes.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: common::counting::Counting = common::counting::Counting;
 
 const INSTALLATIONS: u64 = 15_000;
 const RATE: f64 = 10.0;
@@ -70,12 +47,12 @@ fn main() {
         client.ready().await.unwrap().call(request(INSTALLATIONS + 1)).await.unwrap();
         pool.forget_installation(INSTALLATIONS + 1);
         endpoint.minted.lock().unwrap().reserve(8 * INSTALLATIONS as usize);
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = common::counting::live_bytes();
         for n in 1..=INSTALLATIONS {
             client.ready().await.unwrap().call(request(n)).await.unwrap();
         }
         let _ = pool.stats();
-        let warm = LIVE.load(Ordering::Relaxed) - before;
+        let warm = common::counting::live_bytes() - before;
         println!(
             "memory: {INSTALLATIONS} installations, one 520-character token each: {:.2} MiB ({} bytes per entry)",
             mib(warm),
@@ -93,7 +70,7 @@ fn main() {
             }
         }
         let stats = pool.stats();
-        let steady = LIVE.load(Ordering::Relaxed) - before;
+        let steady = common::counting::live_bytes() - before;
         let minted = endpoint.minted.lock().unwrap()[minted_before..].to_vec();
         let refreshes = minted.len();
         let hours = (tokio::time::Instant::now() - started).as_secs_f64() / 3600.0;

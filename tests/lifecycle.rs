@@ -3,32 +3,12 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
 use common::TokenEndpoint;
 use tower::Layer;
 use tower_github_app::{GitHubApp, Installation, InstallationAuthLayer, testing::TEST_PRIVATE_KEY};
 
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// The library forbids unsafe code; a counting global allocator needs `unsafe impl`, so it lives only in this test
-// crate, and it only counts and forwards to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: common::counting::Counting = common::counting::Counting;
 
 fn token_endpoint() -> TokenEndpoint {
     TokenEndpoint::default()
@@ -74,9 +54,9 @@ async fn refreshers_end_with_their_last_handle_and_leave_nothing_behind() {
     };
     // The first round grows the runtime's and allocator's capacity; the second must return to where it began.
     round().await;
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = common::counting::live_bytes();
     round().await;
-    let after = LIVE_BYTES.load(Ordering::Relaxed);
+    let after = common::counting::live_bytes();
     println!("1000 token sources with refreshers, twice: live heap {before} -> {after} bytes");
     assert!((after - before).abs() < 16 * 1024, "{} bytes left behind", after - before);
     assert_eq!(app.jwt_signatures(), 1);
@@ -101,10 +81,10 @@ async fn ten_thousand_layers_built_and_dropped_leave_no_task_and_no_memory() {
         drop(services);
     };
     round();
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = common::counting::live_bytes();
     round();
     settle(baseline_tasks).await;
-    let after = LIVE_BYTES.load(Ordering::Relaxed);
+    let after = common::counting::live_bytes();
     println!("10,000 layers, twice: live heap {before} -> {after} bytes");
     assert!((after - before).abs() < 4 * 1024, "{} bytes left behind", after - before);
     assert_eq!(alive_tasks(), baseline_tasks);
