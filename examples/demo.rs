@@ -7,6 +7,10 @@
 //!   account) or from an `InstallationFor` extension, as a webhook handler would set it. At the end the pool
 //!   revokes every token it minted.
 //!
+//! Then a user signs in through the device flow and two `UserToken` sources share the user's tokens through one
+//! file store while workers call `GET /user` for 4 seconds with user tokens that live 3 seconds: the tokens are
+//! rotated in the background, one source adopting the other's rotations, and no refresh token is spent twice.
+//!
 //! ```text
 //! cargo run --example demo --features test-util
 //! ```
@@ -227,6 +231,8 @@ async fn main() -> ExitCode {
     println!("tokens revoked at the end:        {} ({} failed)", revoked.revoked, revoked.failed);
     println!("fake GitHub minted {} tokens in all", github.mint_count());
 
+    let user = users(&github).await;
+
     let single_ok = failed == 0 && stats.mints >= 3 && stats.waited_requests <= WORKERS as u64;
     let pool_ok = pool_failed == 0
         && wrong == 0
@@ -234,14 +240,98 @@ async fn main() -> ExitCode {
         && pool_stats.refreshes >= 4
         && revoked.failed == 0
         && revoked.revoked >= 4;
-    if single_ok && pool_ok {
+    if single_ok && pool_ok && user {
         println!("ok");
         ExitCode::SUCCESS
     } else {
         println!(
             "FAILED: expected no failed request, at least two background refreshes per token source, every pool \
-             request with its own installation's token, and every pool token revoked"
+             request with its own installation's token, every pool token revoked, and no refresh token spent twice"
         );
         ExitCode::FAILURE
     }
+}
+
+/// A user's tokens, signed in through the device flow and shared by two sources through one file store.
+async fn users(github: &FakeGitHub) -> bool {
+    use tower_github_app::UserAuthLayer;
+    use tower_github_app::store::FileStore;
+    use tower_github_app::user::UserToken;
+
+    github.set_user_token_lifetime(Some(Duration::from_secs(3)));
+    github.set_device_interval(Duration::from_secs(1));
+    let dir = std::env::temp_dir().join(format!("tga-demo-users-{}", std::process::id()));
+    let oauth = github.oauth_app();
+    let source = |name: &str| {
+        UserToken::builder(oauth.clone(), FileStore::open(&dir).expect("a temporary directory"), "mona")
+            .api_base(&github.api_base())
+            .user_agent(name)
+            .refresh_backoff(Duration::from_millis(50), Duration::from_millis(500))
+            .on_reauthorization_required(|error| eprintln!("mona must authorize again: {error}"))
+            .build(github.client())
+            .expect("valid settings")
+    };
+    let (a, b) = (source("demo-a"), source("demo-b"));
+    println!();
+    let signed_in = async {
+        let code = oauth.start_device_flow(github.client()).await?;
+        println!(
+            "the user: open {} and enter {} (approved by the fake GitHub)",
+            code.verification_uri(),
+            code.user_code()
+        );
+        github.approve_device(code.user_code(), "mona");
+        a.sign_in(oauth.poll_device(github.client(), &code).await?).await
+    };
+    if let Err(error) = signed_in.await {
+        println!("FAILED: the device flow: {error}");
+        return false;
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let user = if worker % 2 == 0 { a.clone() } else { b.clone() };
+            let client = ServiceBuilder::new()
+                .layer(RetryLayer::new(RetryOn401Policy::default()))
+                .layer(UserAuthLayer::new(user))
+                .service(github.client());
+            let (url, sent, failed) = (format!("{}/user", github.api_base()), Arc::clone(&sent), Arc::clone(&failed));
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_secs(4) {
+                    let request = http::Request::get(&url).body(Full::<Bytes>::default()).expect("a valid request");
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match client.clone().oneshot(request).await {
+                        Ok(response) if response.status() == 200 => {}
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("user worker {worker}: {:?}", other.map(|r| r.status()));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("user worker finished");
+    }
+    let counts = github.oauth_counts();
+    let (sa, sb) = (a.stats(), b.stats());
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("user tokens: two sources, one file store, {WORKERS} workers, tokens living 3 s");
+    println!("requests sent:                    {}", sent.load(Ordering::Relaxed));
+    println!("requests failed:                  {}", failed.load(Ordering::Relaxed));
+    println!(
+        "rotations (refresh tokens spent): {} (source a {}, source b {})",
+        counts.refreshes, sa.refreshes, sb.refreshes
+    );
+    println!("rotations adopted from the other: {} (a {}, b {})", sa.adopted + sb.adopted, sa.adopted, sb.adopted);
+    println!("refresh tokens spent twice:       {}", counts.double_spends);
+    println!("live refresh tokens for mona:     {}", github.live_refresh_tokens("mona"));
+    failed.load(Ordering::Relaxed) == 0
+        && counts.double_spends == 0
+        && counts.refreshes >= 1
+        && github.live_refresh_tokens("mona") == 1
 }

@@ -55,6 +55,16 @@ pub enum ErrorKind {
     Signing,
     /// The token refresher could not run: no Tokio runtime, or it was shut down.
     Runtime,
+    /// The user must authorize the App again: GitHub refused the refresh token (`bad_refresh_token`: spent,
+    /// revoked, or the user removed the authorization), the refresh token expired, or no tokens are stored for
+    /// the user. Every request of that user fails fast with it until new tokens are signed in.
+    ReauthorizationRequired,
+    /// The user did not complete an authorization: the device flow was denied (`access_denied`) or its code
+    /// expired (`expired_token`), or the web flow's code was refused (`bad_verification_code`). Start again.
+    AuthorizationFailed,
+    /// The token store failed (a user-token store's read or write). When a rotated pair could not be saved, it is
+    /// kept in memory and the write is retried with backoff.
+    Store,
 }
 
 /// An error from this crate: a [`kind`](Error::kind) to match on and a message that says what to do.

@@ -12,7 +12,11 @@
 //!   keeps tokens honest when no runtime drives the refresher.
 //! - [`pool`]: every installation of an App from one stack ([`InstallationPool`], [`AppAuthLayer`]): which
 //!   installation a request is for, a bounded cache of tokens and one scheduler that refreshes them.
-//! - [`auth`]: the tower layer that stamps requests, over either token source.
+//! - [`user`]: user-to-server tokens ([`UserToken`](user::UserToken), [`UserAuthLayer`]): the web and device
+//!   flows, and rotation of the user's single-use refresh tokens through a store.
+//! - [`store`]: where user tokens are kept between processes ([`UserTokenStore`](store::UserTokenStore), in
+//!   memory, in files).
+//! - [`auth`]: the tower layer that stamps requests, over any of the token sources.
 //! - [`retry`]: the retry policy for credential refusals (replication lag, stale tokens, clock skew).
 //! - `testing` (feature `test-util`): a fake GitHub server to test against.
 //! - `client` (feature `hyper-client`): a ready-made HTTPS client.
@@ -59,8 +63,10 @@ pub mod installation;
 pub mod pool;
 pub mod retry;
 mod source;
+pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod user;
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `__fuzz`). Not part of the API.
 #[cfg(feature = "__fuzz")]
@@ -104,7 +110,10 @@ fn testing_key() -> &'static str {
 struct ReadmeDoctests;
 
 pub use app::{AppId, AppJwt, AppJwtClaims, AppJwtUsed, GitHubApp, JwtSigner, PrivateKey};
-pub use auth::{AppAuth, AppAuthLayer, GitHubAuth, GitHubAuthLayer, InstallationAuth, InstallationAuthLayer};
+pub use auth::{
+    AppAuth, AppAuthLayer, GitHubAuth, GitHubAuthLayer, InstallationAuth, InstallationAuthLayer, UserAuth,
+    UserAuthLayer,
+};
 pub use error::{BoxError, Error, ErrorKind};
 pub use installation::{
     ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken, InstallationTokenUsed,

@@ -8,8 +8,9 @@
 //! [`Invalidate`].
 //!
 //! Implemented by [`Installation`](crate::Installation) (one installation, one token, its own refresher) and
-//! [`InstallationPool`](crate::InstallationPool) (every installation of an App, one scheduler). A user-token
-//! source and sources backed by a store shared across processes plug in here the same way.
+//! [`InstallationPool`](crate::InstallationPool) (every installation of an App, one scheduler) and
+//! [`UserToken`](crate::user::UserToken) (one user's token, rotated through a store). Sources backed by a store
+//! shared across processes plug in here the same way.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,8 +48,9 @@ pub(crate) trait TokenSource: Clone + Send + Sync + 'static {
     /// Where tokens may be sent (the API origin and its uploads origin).
     fn origin(&self) -> &ApiBase;
 
-    /// The App, for the routes GitHub authenticates with the App JWT.
-    fn app(&self) -> &GitHubApp;
+    /// The App, for the routes GitHub authenticates with the App JWT; `None` for sources of user tokens, whose
+    /// requests never carry the App's JWT.
+    fn app(&self) -> Option<&GitHubApp>;
 
     /// The hot path: the header value to stamp on `request` (going where `route` says) and the token it holds,
     /// if a usable one is at hand. No lock, no allocation, no clock, no waiting.

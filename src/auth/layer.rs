@@ -3,6 +3,7 @@ use tower_layer::Layer;
 use super::GitHubAuth;
 use crate::installation::Installation;
 use crate::pool::InstallationPool;
+use crate::user::UserToken;
 
 /// Stamps requests with the tokens of a token source: [`InstallationAuthLayer`] for one [`Installation`],
 /// [`AppAuthLayer`] for every installation of an App ([`InstallationPool`]). See the [module docs](crate::auth).
@@ -17,6 +18,16 @@ pub type InstallationAuthLayer = GitHubAuthLayer<Installation>;
 
 /// Stamps each request with a token of the installation it is for, from an [`InstallationPool`].
 pub type AppAuthLayer = GitHubAuthLayer<InstallationPool>;
+
+/// Stamps requests with the current access token of one user ([`UserToken`]).
+pub type UserAuthLayer = GitHubAuthLayer<UserToken>;
+
+impl GitHubAuthLayer<UserToken> {
+    /// Authorizes requests with `user`'s access tokens.
+    pub fn new(user: UserToken) -> Self {
+        Self { source: user, every_response: false }
+    }
+}
 
 impl GitHubAuthLayer<Installation> {
     /// Authorizes requests with `installation`'s tokens.

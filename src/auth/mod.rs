@@ -3,7 +3,8 @@
 //! Owns: [`GitHubAuthLayer`] and its service [`GitHubAuth`], generic over the token source:
 //! [`InstallationAuthLayer`] / [`InstallationAuth`] for one [`Installation`](crate::Installation),
 //! [`AppAuthLayer`] / [`AppAuth`] for every installation of an App ([`InstallationPool`](crate::InstallationPool),
-//! which also decides which installation each request is for). It reads the token source through a small
+//! which also decides which installation each request is for), [`UserAuthLayer`] / [`UserAuth`] for one user's
+//! access token ([`UserToken`](crate::user::UserToken); no request of a user source carries the App JWT). It reads the token source through a small
 //! interface (where tokens may go, the App, the current token for a request, and the slow path that waits for
 //! one) and never mints, signs or retries; the token source mints and the retry policy (outside this layer)
 //! retries.
@@ -62,9 +63,9 @@ mod routes;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::{AppAuthLayer, GitHubAuthLayer, InstallationAuthLayer};
+pub use layer::{AppAuthLayer, GitHubAuthLayer, InstallationAuthLayer, UserAuthLayer};
 pub use routes::is_app_jwt_route;
 pub(crate) use routes::{
     AccountRoute, OwnedAccountRoute, account_route, account_route_resolved, has_dot_or_percent, is_app_jwt_request,
 };
-pub use service::{AppAuth, GitHubAuth, InstallationAuth};
+pub use service::{AppAuth, GitHubAuth, InstallationAuth, UserAuth};

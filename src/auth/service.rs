@@ -14,6 +14,7 @@ use crate::installation::api_base::Target;
 use crate::installation::{ApiBase, Installation};
 use crate::pool::InstallationPool;
 use crate::source::{Route, TokenSource};
+use crate::user::UserToken;
 
 /// Middleware that stamps requests with the tokens of a token source. See the [module docs](crate::auth).
 #[allow(private_bounds)]
@@ -30,6 +31,9 @@ pub type InstallationAuth<S> = GitHubAuth<S, Installation>;
 
 /// Stamps each request with a token of the installation it is for, from an [`InstallationPool`].
 pub type AppAuth<S> = GitHubAuth<S, InstallationPool>;
+
+/// Stamps requests with the current access token of one user ([`UserToken`]).
+pub type UserAuth<S> = GitHubAuth<S, UserToken>;
 
 #[allow(private_bounds)]
 impl<S: Clone, T: TokenSource> Clone for GitHubAuth<S, T> {
@@ -133,16 +137,21 @@ where
         // One scan decides whether the path must be resolved before it is read (for every route decision).
         let unusual = has_dot_or_percent(request.uri().path().as_bytes());
         let app_jwt_route = match target {
-            Target::Api => is_app_jwt_request(request.uri().path(), origin.path(), unusual),
+            Target::Api => {
+                self.source.app().is_some() && is_app_jwt_request(request.uri().path(), origin.path(), unusual)
+            }
             // Release assets take the installation token, never the App JWT.
             Target::Uploads => false,
             // Another origin: never send it this source's tokens.
             Target::Elsewhere => return ResponseFuture::passthrough(self.inner.call(request)),
             Target::NoHost => return ResponseFuture::failed(no_host(origin)),
         };
-        if app_jwt_route && !request.headers().contains_key(AUTHORIZATION) {
+        if app_jwt_route
+            && !request.headers().contains_key(AUTHORIZATION)
+            && let Some(app) = self.source.app()
+        {
             // App routes take the App JWT: cached for minutes, signed anew only near its expiry.
-            let app = self.source.app().clone();
+            let app = app.clone();
             let clone = self.inner.clone();
             let ready = std::mem::replace(&mut self.inner, clone);
             let stamp = async move {

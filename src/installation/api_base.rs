@@ -41,10 +41,10 @@ pub struct ApiBase {
 
 /// A scheme, host, port and path prefix: where uploads go.
 #[derive(Clone, PartialEq, Eq)]
-struct Origin {
-    scheme: Scheme,
-    authority: Authority,
-    path: String,
+pub(crate) struct Origin {
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+    pub(crate) path: String,
 }
 
 /// Where a request goes, as far as a token of this API may follow it.
@@ -195,7 +195,7 @@ impl ApiBase {
 /// The scheme, authority and path of `url`, its host (lower case, without a trailing dot) and whether it is
 /// loopback: refused unless it is absolute, has no query or user info, and uses https (plain http only on
 /// loopback). `what` names the URL in messages, which show it scrubbed (user info may carry a token).
-fn checked_origin(url: &str, what: &str) -> Result<(Origin, String, bool), Error> {
+pub(crate) fn checked_origin(url: &str, what: &str) -> Result<(Origin, String, bool), Error> {
     let url = url.trim();
     let shown = crate::error::scrub(url);
     let uri: Uri = url.parse().map_err(|_| config(format!("{what} {shown:?} is not a valid URL")))?;

@@ -216,7 +216,7 @@ pub(crate) async fn send(
     request: Request<Bytes>,
     timeout: Duration,
     what: &str,
-    api_base: &ApiBase,
+    api_base: &(dyn std::fmt::Display + Sync),
 ) -> Result<Response<Bytes>, Error> {
     let mut client = client.clone();
     match tokio::time::timeout(timeout, async { client.ready().await?.call(request).await }).await {

@@ -51,7 +51,7 @@ use tower::Service;
 use crate::app::GitHubApp;
 use crate::error::{BoxError, Error, ErrorKind};
 use mint::MintParams;
-use settings::Settings;
+use settings::{INSTALLATION_TOKEN_LIFETIME, Settings};
 use source::{Handle, Shared};
 
 /// The token source of one installation: a cheaply cloneable handle to its current token, which a background
@@ -115,7 +115,8 @@ impl Installation {
 
     /// The App the tokens are minted for.
     pub fn app(&self) -> &GitHubApp {
-        &self.handle.shared.app
+        // An installation source is always built with its App.
+        self.handle.shared.app().expect("an installation source has an App")
     }
 }
 
@@ -125,7 +126,7 @@ impl fmt::Debug for Installation {
         f.debug_struct("Installation")
             .field("installation_id", &shared.params.installation_id)
             .field("api_base", &shared.params.api_base)
-            .field("app", shared.app.id())
+            .field("app", &shared.app().map(GitHubApp::id))
             .field("scoped", &shared.scoped)
             .field("stats", &shared.stats())
             .finish_non_exhaustive()
@@ -148,6 +149,7 @@ impl InstallationBuilder {
     pub const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(60);
 
     settings_methods!();
+    grace_method!();
 
     /// Limits tokens to repositories and permissions. By default they cover the whole installation.
     pub fn scope(mut self, scope: TokenScope) -> Self {
@@ -173,7 +175,8 @@ impl InstallationBuilder {
     {
         let params = self.params()?;
         let scoped = !self.scope.is_empty();
-        let shared = Shared::new(self.app, mint::erase(client), params, scoped, self.settings.timing);
+        let minter = source::Minter::Installation { app: self.app, client: mint::erase(client) };
+        let shared = Shared::new(minter, params, scoped, self.settings.timing);
         Ok(Installation { handle: Arc::new(Handle::new(shared)) })
     }
 
@@ -209,7 +212,7 @@ impl InstallationBuilder {
             ));
         }
         self.scope.validate()?;
-        let checked = self.settings.check()?;
+        let checked = self.settings.check(INSTALLATION_TOKEN_LIFETIME)?;
         Ok(MintParams {
             api_base: checked.api_base,
             installation_id: self.installation_id,
@@ -263,15 +266,15 @@ impl crate::source::TokenSource for Installation {
     type Local = InstallationLocal;
 
     fn local(&self) -> InstallationLocal {
-        InstallationLocal { current: arc_swap::cache::Cache::new(CurrentToken(Arc::clone(&self.handle))), stamp: None }
+        InstallationLocal::new(&self.handle)
     }
 
     fn origin(&self) -> &ApiBase {
         &self.handle.shared.params.api_base
     }
 
-    fn app(&self) -> &GitHubApp {
-        &self.handle.shared.app
+    fn app(&self) -> Option<&GitHubApp> {
+        self.handle.shared.app()
     }
 
     #[inline]
@@ -281,20 +284,33 @@ impl crate::source::TokenSource for Installation {
         _: &Request<B>,
         _: crate::source::Route,
     ) -> Option<(HeaderValue, &'l Arc<token::TokenEntry>)> {
-        let token = local.current.load().as_ref()?;
-        let value = match &local.stamp {
-            Some((serial, value)) if *serial == token.serial => value.clone(),
-            _ => {
-                let value = crate::source::own_copy(&token.authorization);
-                local.stamp = Some((token.serial, value.clone()));
-                value
-            }
-        };
-        Some((value, token))
+        local.current()
     }
 
     fn acquire<B>(&self, _: &Request<B>, _: crate::source::Route) -> crate::source::Acquire {
         let handle = Arc::clone(&self.handle);
         Box::pin(async move { handle.acquire(None).await })
+    }
+}
+
+impl InstallationLocal {
+    /// A fresh cache of `handle`'s current token (shared by the single-token sources: one installation, one user).
+    pub(crate) fn new(handle: &Arc<Handle>) -> Self {
+        InstallationLocal { current: arc_swap::cache::Cache::new(CurrentToken(Arc::clone(handle))), stamp: None }
+    }
+
+    /// The hot path: one relaxed load, one header clone (a copy of its own once per token).
+    #[inline]
+    pub(crate) fn current(&mut self) -> Option<(HeaderValue, &Arc<token::TokenEntry>)> {
+        let token = self.current.load().as_ref()?;
+        let value = match &self.stamp {
+            Some((serial, value)) if *serial == token.serial => value.clone(),
+            _ => {
+                let value = crate::source::own_copy(&token.authorization);
+                self.stamp = Some((token.serial, value.clone()));
+                value
+            }
+        };
+        Some((value, token))
     }
 }

@@ -11,7 +11,10 @@ use super::api_base::ApiBase;
 use super::source::Timing;
 use crate::error::{Error, ErrorKind};
 
-/// Shared settings of installation-token sources.
+/// How long GitHub's installation tokens live.
+pub(crate) const INSTALLATION_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Shared settings of token sources.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) api_base: Option<String>,
@@ -48,8 +51,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Checks the settings against what GitHub accepts and what keeps tokens usable.
-    pub(crate) fn check(&self) -> Result<Checked, Error> {
+    /// Checks the settings against what GitHub accepts and what keeps tokens usable, for tokens that live
+    /// `lifetime` on GitHub.
+    pub(crate) fn check(&self, lifetime: Duration) -> Result<Checked, Error> {
         let config = |message: String| Error::new(ErrorKind::InvalidConfig, message);
         let t = &self.timing;
         if t.refresh_before.is_zero() || t.min_remaining >= t.refresh_before {
@@ -59,11 +63,13 @@ impl Settings {
                 t.refresh_before, t.min_remaining
             )));
         }
-        if t.refresh_before >= Duration::from_secs(59 * 60) {
+        let longest = lifetime.saturating_sub(Duration::from_secs(60));
+        if t.refresh_before >= longest {
             return Err(config(format!(
-                "refresh_before ({:?}) is at least the 59 minutes a token lives: tokens would be replaced as soon \
-                 as they arrive. The default is 10 minutes",
-                t.refresh_before
+                "refresh_before ({:?}) is at least the {} minutes a token lives: tokens would be replaced as soon as \
+                 they arrive",
+                t.refresh_before,
+                longest.as_secs() / 60
             )));
         }
         if t.backoff_min.is_zero() || t.backoff_min > t.backoff_max {
@@ -130,14 +136,6 @@ macro_rules! settings_methods {
             self
         }
 
-        /// After a scheduled refresh, keep stamping the old (still valid) token this long before switching to the
-        /// new one, so requests do not meet GitHub's replication lag of fresh tokens (default 5 s, at most a tenth
-        /// of the lifetime; zero switches at once). A cold start or an invalidation never waits for it.
-        pub fn replication_grace(mut self, grace: Duration) -> Self {
-            self.settings.timing.replication_grace = grace;
-            self
-        }
-
         /// How long one token request may take before it counts as failed (default 30 s).
         pub fn mint_timeout(mut self, timeout: Duration) -> Self {
             self.settings.mint_timeout = timeout;
@@ -147,6 +145,20 @@ macro_rules! settings_methods {
         /// The `User-Agent` of token requests (default `tower-github-app/VERSION`). GitHub asks for the App's name.
         pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
             self.settings.user_agent = Some(user_agent.into());
+            self
+        }
+    };
+}
+
+/// [`Settings::timing`]'s replication grace, for sources whose old token stays valid after a refresh
+/// (installation tokens; a user's old token dies when its refresh token is spent).
+macro_rules! grace_method {
+    () => {
+        /// After a scheduled refresh, keep stamping the old (still valid) token this long before switching to the
+        /// new one, so requests do not meet GitHub's replication lag of fresh tokens (default 5 s, at most a tenth
+        /// of the lifetime; zero switches at once). A cold start or an invalidation never waits for it.
+        pub fn replication_grace(mut self, grace: Duration) -> Self {
+            self.settings.timing.replication_grace = grace;
             self
         }
     };

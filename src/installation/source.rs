@@ -29,6 +29,7 @@ use super::token::{TokenEntry, replace_current, take_current_if};
 use super::watchdog::{self, Registration, Watched};
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind};
+use crate::user::rotation::Rotation;
 
 /// How long a request that needs a token waits for the refresher to take up its demand before it concludes that
 /// the refresher's runtime is not running it, and starts a new refresher on its own runtime.
@@ -148,11 +149,12 @@ enum Start {
 
 /// State shared by every handle of one installation and its refresher task.
 pub(crate) struct Shared {
-    pub(crate) app: GitHubApp,
+    pub(crate) minter: Minter,
     pub(crate) params: MintParams,
     pub(crate) scoped: bool,
     timing: Timing,
-    client: MintClient,
+    /// Set by a sign-in: the refresher's next step mints (adopts) at once, whatever backoff runs.
+    retry_now: std::sync::atomic::AtomicBool,
     /// The token requests use. `None` before the first mint, after an invalidation, and while parked.
     pub(crate) current: ArcSwapOption<TokenEntry>,
     /// The token before the current one, kept alive while requests that carried it may still be answered.
@@ -186,20 +188,22 @@ pub(crate) fn epoch() -> std::time::Instant {
     *EPOCH.get_or_init(std::time::Instant::now)
 }
 
+/// How a source gets its tokens.
+pub(crate) enum Minter {
+    /// An installation token: the App's JWT traded at the API.
+    Installation { app: GitHubApp, client: MintClient },
+    /// A user access token: rotated through the store and the web origin.
+    User(Arc<Rotation>),
+}
+
 impl Shared {
-    pub(crate) fn new(
-        app: GitHubApp,
-        client: MintClient,
-        params: MintParams,
-        scoped: bool,
-        timing: Timing,
-    ) -> Arc<Self> {
+    pub(crate) fn new(minter: Minter, params: MintParams, scoped: bool, timing: Timing) -> Arc<Self> {
         Arc::new_cyclic(|this| Shared {
-            app,
+            minter,
             params,
             scoped,
             timing,
-            client,
+            retry_now: Default::default(),
             current: ArcSwapOption::empty(),
             previous: ArcSwapOption::empty(),
             parked: Mutex::new(None),
@@ -245,7 +249,8 @@ impl Shared {
             tracing::info!(
                 installation = self.params.installation_id,
                 serial,
-                "installation token invalidated; minting a new one"
+                kind = self.kind(),
+                "token invalidated; getting a new one"
             );
             self.wake_refresher();
         }
@@ -315,18 +320,74 @@ impl Shared {
     /// The longest a mint can take: signing the JWT and the token request, both bounded by `mint_timeout`, plus
     /// a moment to publish.
     fn mint_budget(&self) -> Duration {
-        self.params.timeout + Duration::from_secs(1)
+        match &self.minter {
+            Minter::Installation { .. } => self.params.timeout + Duration::from_secs(1),
+            Minter::User(rotation) => rotation.budget(),
+        }
     }
 
-    /// One mint (corrected once for clock skew).
+    /// What kind of token the source keeps, for logs (a user source logs installation 0).
+    pub(crate) fn kind(&self) -> &'static str {
+        match &self.minter {
+            Minter::Installation { .. } => "installation",
+            Minter::User(_) => "user",
+        }
+    }
+
+    /// The App, for an installation source.
+    pub(crate) fn app(&self) -> Option<&GitHubApp> {
+        match &self.minter {
+            Minter::Installation { app, .. } => Some(app),
+            Minter::User(_) => None,
+        }
+    }
+
+    /// Asks the refresher to mint at once, ending any backoff (a sign-in).
+    pub(crate) fn mint_now(&self) {
+        self.retry_now.store(true, Ordering::Release);
+        self.take_current_if(|_| true);
+        if matches!(*self.status.borrow(), Status::Failed(_)) {
+            self.status.send_replace(Status::Idle);
+        }
+        self.wake_refresher();
+    }
+
+    /// One mint: an installation token (corrected once for clock skew), or a user token rotation.
     async fn mint(self: &Arc<Self>) -> Result<TokenEntry, Error> {
-        let failed = |error: &Error| {
-            self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
-        };
-        let result = mint_correcting_skew(&self.app, &self.client, &self.params, failed).await;
         let source: Weak<dyn crate::source::Invalidate> = Arc::downgrade(self) as _;
-        result.map(|minted| self.timing.entry(minted, self.params.installation_id, self.scoped, source))
+        let minted = match &self.minter {
+            Minter::Installation { app, client } => {
+                let failed = |error: &Error| {
+                    self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
+                };
+                mint_correcting_skew(app, client, &self.params, failed).await?
+            }
+            Minter::User(rotation) => {
+                // Spending the refresh token kills the access token requests hold: they wait for the new one.
+                // Kept aside, it comes back if the refresh fails before GitHub could have rotated.
+                let withdrawn: Mutex<Option<Arc<TokenEntry>>> = Mutex::new(None);
+                let withdraw = || {
+                    let taken = self.take_current_if(|_| true);
+                    *withdrawn.lock().unwrap_or_else(|e| e.into_inner()) = taken;
+                };
+                match rotation.rotate(&withdraw).await {
+                    Ok(current) => crate::user::minted(current)?,
+                    Err(failure) => {
+                        let withdrawn = withdrawn.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if failure.current_dead {
+                            self.take_current_if(|_| true);
+                        } else if let Some(token) = withdrawn
+                            && Instant::now() < token.usable_until()
+                        {
+                            let _ = self.current.compare_and_swap(&None::<Arc<TokenEntry>>, Some(token));
+                        }
+                        return Err(failure.error);
+                    }
+                }
+            }
+        };
+        Ok(self.timing.entry(minted, self.params.installation_id, self.scoped, source))
     }
 
     fn backoff(&self, failures: u32, now: Instant) -> Duration {
@@ -728,6 +789,9 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
         if !shared.is_live(generation) {
             return;
         }
+        if shared.retry_now.swap(false, Ordering::AcqRel) {
+            retry_at = None;
+        }
         let now = Instant::now();
         // Requests never read the clock: a token whose time for requests is over (its refresh kept failing)
         // is withdrawn here, and they wait or fail fast instead.
@@ -800,9 +864,10 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                 }
                 tracing::debug!(
                     installation,
+                    kind = shared.kind(),
                     serial = token.serial,
                     expires_at = %humantime::format_rfc3339_seconds(token.expires_at()),
-                    "installation token minted"
+                    "token minted"
                 );
                 shared.replace_current(Some(token));
                 shared.status.send_replace(Status::Ready);
@@ -813,7 +878,7 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                 let delay = shared.backoff(failures, now);
                 retry_at = Some(now + delay);
                 shared.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(installation, %error, failures, retry_in = ?delay, "minting an installation token failed");
+                tracing::warn!(installation, kind = shared.kind(), %error, failures, retry_in = ?delay, "getting a token failed");
                 shared.status.send_replace(Status::Failed(error));
             }
         }

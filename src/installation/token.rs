@@ -287,9 +287,15 @@ impl InstallationTokenUsed {
         self.entry.serial
     }
 
-    /// The installation the token belongs to.
+    /// The installation the token belongs to; 0 for a user access token ([`UserToken`](crate::user::UserToken)).
     pub fn installation_id(&self) -> u64 {
         self.entry.installation_id
+    }
+
+    /// Whether it is a user access token rather than an installation token.
+    pub fn is_user_token(&self) -> bool {
+        // Installation ids start at 1; user sources record 0.
+        self.entry.installation_id == 0
     }
 
     /// When the token was received, on the Tokio clock.

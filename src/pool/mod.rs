@@ -96,7 +96,7 @@ use crate::auth::{AccountRoute, OwnedAccountRoute, account_route, account_route_
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::installation::api_base::{Target, same_bytes};
 use crate::installation::mint::{self, MintClient, MintParams, api_request, mint_correcting_skew, send};
-use crate::installation::settings::Settings;
+use crate::installation::settings::{INSTALLATION_TOKEN_LIFETIME, Settings};
 use crate::installation::source::OVERSLEEP;
 use crate::installation::token::TokenEntry;
 use crate::installation::watchdog::{Registration, Watched};
@@ -469,6 +469,7 @@ impl InstallationPoolBuilder {
     pub const DEFAULT_MAX_INSTALLATIONS: u64 = 15_000;
 
     settings_methods!();
+    grace_method!();
 
     /// At most this many entries (an installation and scope each; default 15,000). The least recently used go
     /// first.
@@ -517,7 +518,7 @@ impl InstallationPoolBuilder {
         ResB::Error: Into<BoxError>,
     {
         let config = |message: &str| Error::new(ErrorKind::InvalidConfig, message);
-        let checked = self.settings.check()?;
+        let checked = self.settings.check(INSTALLATION_TOKEN_LIFETIME)?;
         if self.max_installations == 0 {
             return Err(config("max_installations must be at least 1"));
         }
@@ -1022,8 +1023,8 @@ impl TokenSource for InstallationPool {
         &self.inner.api_base
     }
 
-    fn app(&self) -> &GitHubApp {
-        &self.inner.app
+    fn app(&self) -> Option<&GitHubApp> {
+        Some(&self.inner.app)
     }
 
     #[inline]

@@ -179,6 +179,9 @@ impl<C> RetryOn401Policy<C> {
             }
             return None;
         }
+        if used.is_user_token() {
+            return self.on_user_token(response, used);
+        }
         if status == StatusCode::FORBIDDEN && used.is_proven() {
             // GitHub accepted this scoped token before: its 403 is about permissions, not replication.
             return None;
@@ -244,6 +247,28 @@ impl<C> RetryOn401Policy<C> {
         }
         self.give_up(response, "scoped token refused after its lag window");
         None
+    }
+
+    /// A user token refused: most often one whose refresh token was spent meanwhile (by this source or another
+    /// holder of the user's tokens), which killed it. The source drops it if it is still current and rotates or
+    /// adopts the stored pair once; the request is retried once with whatever is current then.
+    fn on_user_token<B>(&mut self, response: &mut Response<B>, used: InstallationTokenUsed) -> Option<RetryFuture> {
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return None;
+        }
+        self.attempt.refused_at.get_or_insert_with(Instant::now);
+        if self.attempt.invalidated {
+            self.give_up(response, "user token refused after a refresh");
+            return None;
+        }
+        self.attempt.invalidated = true;
+        used.invalidate();
+        if !self.withdraw() {
+            self.give_up(response, "retry budget exhausted");
+            return None;
+        }
+        self.attempt.retries += 1;
+        Some(Box::pin(std::future::ready(())))
     }
 
     fn on_app_jwt<B>(&mut self, response: &mut Response<B>, used: AppJwtUsed) -> Option<RetryFuture> {

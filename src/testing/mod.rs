@@ -35,15 +35,24 @@
 //!   repository; `401 Bad credentials` otherwise);
 //! - on a second port, its uploads origin ([`FakeGitHub::uploads_base`]):
 //!   `POST /repos/{owner}/{repo}/releases/{id}/assets` (installation token);
+//! - on its web origin ([`FakeGitHub::web_base`], the same port; `https://github.com` on GitHub):
+//!   `POST /login/oauth/access_token` (code exchange, device poll, refresh grant) and `POST /login/device/code`,
+//!   with GitHub's rotation semantics (a spent refresh token and its access token die at once), GitHub's error
+//!   bodies (`bad_refresh_token`, `incorrect_client_credentials`, `bad_verification_code`,
+//!   `authorization_pending`, `slow_down`, `expired_token`, `access_denied`) and a count of double spends
+//!   ([`FakeGitHub::oauth_counts`]);
+//! - `GET /user` (user access token);
 //! - `GET /redirect?to=URL`: a `302` to `URL`, for testing that redirects never carry tokens elsewhere.
 //!
 //! Answers have GitHub's shape: they are rendered from the examples in GitHub's REST API description (full
 //! repositories, installations, the App), so typed clients decode them as they decode GitHub's.
 
 mod github;
+mod oauth;
 mod server;
 
-pub use server::{Credential, FakeGitHub, FakeGitHubBuilder, MintFault, RecordedRequest, TokenState};
+pub use oauth::OAuthCounts;
+pub use server::{Credential, FakeGitHub, FakeGitHubBuilder, InProcess, MintFault, RecordedRequest, TokenState};
 
 /// A 2048-bit RSA private key (PKCS#1 PEM) made for this crate's tests. It is public: never use it for a real
 /// App. The fake server trusts it for [`FakeGitHub::APP_ID`].

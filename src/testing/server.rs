@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, DATE, LOCATION};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::github::{self, Urls};
+use super::oauth::{OAuthCounts, OAuthState};
 use crate::app::{GitHubApp, PrivateKey, unix_seconds};
 use crate::installation::mint::{CLOCK_SKEW_MESSAGES, JWT_NOT_DECODED};
 
@@ -58,6 +58,15 @@ pub enum Credential {
     AppJwt {
         /// Whether signature, issuer and times were accepted.
         valid: bool,
+    },
+    /// A user access token (`ghu_…`) this server issued.
+    UserToken {
+        /// The order in which the server issued it, from 1.
+        serial: u64,
+        /// Its user.
+        login: String,
+        /// Its state when the request arrived (`Revoked` once its refresh token was spent).
+        state: TokenState,
     },
     /// An installation token this server issued.
     InstallationToken {
@@ -101,9 +110,9 @@ pub struct RecordedRequest {
     pub status: u16,
 }
 
-struct App {
+pub(super) struct App {
     id: u64,
-    client_id: String,
+    pub(super) client_id: String,
     key: DecodingKey,
 }
 
@@ -135,8 +144,9 @@ struct IssuedToken {
     scoped: bool,
 }
 
-struct State {
-    urls: Urls,
+pub(super) struct State {
+    pub(super) urls: Urls,
+    pub(super) oauth: OAuthState,
     /// Rendered `GET /repos/{owner}/{repo}` answers, by full name.
     rendered: HashMap<String, Bytes>,
     /// Rendered repositories as lists show them, by full name.
@@ -150,7 +160,7 @@ struct State {
     replication_lag: Duration,
     long_tokens: bool,
     prefix: String,
-    apps: Vec<App>,
+    pub(super) apps: Vec<App>,
     installations: BTreeMap<u64, InstallationFixture>,
     tokens: HashMap<String, IssuedToken>,
     faults: VecDeque<MintFault>,
@@ -342,6 +352,8 @@ impl FakeGitHub {
     pub const APP_ID: u64 = 1;
     /// That App's client ID.
     pub const CLIENT_ID: &'static str = "Iv1.fake0client0id";
+    /// That App's client secret (for the OAuth endpoints).
+    pub const CLIENT_SECRET: &'static str = "fake-client-secret-for-tests";
     /// Its installation on `octo-org`.
     pub const INSTALLATION_ID: u64 = 42;
 
@@ -351,6 +363,7 @@ impl FakeGitHub {
         FakeGitHubBuilder {
             state: State {
                 urls: Urls { api: String::new(), web: String::new() },
+                oauth: OAuthState::default(),
                 rendered: HashMap::new(),
                 listed: HashMap::new(),
                 installation_lists: HashMap::new(),
@@ -490,11 +503,125 @@ impl FakeGitHub {
         self.state().requests.iter().filter(|r| r.method == Method::GET && r.path.ends_with("/installation")).count()
     }
 
+    /// The App's OAuth identity (client ID [`FakeGitHub::CLIENT_ID`], secret [`FakeGitHub::CLIENT_SECRET`]) on
+    /// this server's web origin, for [`UserToken`](crate::user::UserToken) and the web and device flows.
+    pub fn oauth_app(&self) -> crate::user::OAuthApp {
+        crate::user::OAuthApp::new(Self::CLIENT_ID, Self::CLIENT_SECRET)
+            .with_web_base(&self.web_base())
+            .expect("the fake's web origin is a loopback URL")
+    }
+
+    /// `http://127.0.0.1:PORT`: the web origin (`https://github.com` on GitHub), where the OAuth endpoints are.
+    pub fn web_base(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// A web-flow code for `login`, as GitHub's redirect after the user authorized the App would carry: it works
+    /// once with [`OAuthApp::exchange_code`](crate::user::OAuthApp::exchange_code).
+    pub fn authorization_code(&self, login: &str) -> String {
+        self.state().oauth.authorization_code(login)
+    }
+
+    /// The user entered `user_code` and authorized the App as `login`: the next device poll gets tokens.
+    /// Returns whether the code was known.
+    pub fn approve_device(&self, user_code: &str, login: &str) -> bool {
+        self.state().oauth.approve_device(user_code, Some(login), false)
+    }
+
+    /// The user entered `user_code` and denied the authorization: the next poll gets `access_denied`.
+    pub fn deny_device(&self, user_code: &str) -> bool {
+        self.state().oauth.approve_device(user_code, None, true)
+    }
+
+    /// The user revoked the App's authorization (or GitHub did): every token of `login` stops working and its
+    /// refresh tokens are refused with `bad_refresh_token`.
+    pub fn revoke_user_authorization(&self, login: &str) {
+        self.state().oauth.revoke_user(login);
+    }
+
+    /// Whether `refresh_token` would be accepted now (issued, not spent, not revoked, not expired).
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        self.state().oauth.refresh_token_is_live(refresh_token)
+    }
+
+    /// How many of `login`'s refresh tokens would be accepted now (1 for a user whose pair was never lost).
+    pub fn live_refresh_tokens(&self, login: &str) -> usize {
+        self.state().oauth.live_refresh_tokens(login)
+    }
+
+    /// What the OAuth endpoints saw: rotations, double spends, device polls.
+    pub fn oauth_counts(&self) -> OAuthCounts {
+        self.state().oauth.counts
+    }
+
+    /// Sets the lifetime of user access tokens issued from now on (`None`: the App has token expiry off, and
+    /// issues no refresh tokens).
+    pub fn set_user_token_lifetime(&self, lifetime: Option<Duration>) {
+        self.state().oauth.access_lifetime = lifetime;
+    }
+
+    /// Sets the lifetime of refresh tokens issued from now on.
+    pub fn set_refresh_token_lifetime(&self, lifetime: Duration) {
+        self.state().oauth.refresh_lifetime = lifetime;
+    }
+
+    /// The status of OAuth error answers (GitHub sends `200`; the status is not a contract).
+    pub fn set_oauth_error_status(&self, status: u16) {
+        self.state().oauth.error_status = status;
+    }
+
+    /// The device flow's polling interval for codes issued from now on (GitHub: 5 s).
+    pub fn set_device_interval(&self, interval: Duration) {
+        self.state().oauth.device_interval = interval;
+    }
+
+    /// The next `count` device polls get `slow_down` (adding 5 s to the interval) whatever their timing.
+    pub fn force_slow_downs(&self, count: usize) {
+        self.state().oauth.forced_slow_downs = count;
+    }
+
+    /// A client that answers in this process, without sockets: the same routes, state and records as over
+    /// HTTP. For tests under `tokio::time::pause()`, where a request waiting on a socket lets paused time jump
+    /// ahead to the next timer (a device flow's 5-second interval, a timeout).
+    pub fn in_process(&self) -> InProcess {
+        InProcess { state: Arc::clone(&self.inner.state), uploads_port: self.inner.uploads_addr.port() }
+    }
+
     /// Revokes every token issued so far.
     pub fn revoke_all_tokens(&self) {
         for token in self.state().tokens.values_mut() {
             token.revoked = true;
         }
+    }
+}
+
+/// A [`FakeGitHub`] answering in this process: see [`FakeGitHub::in_process`]. Requests to its uploads port go
+/// to the uploads origin; everything else to the API and web origin.
+#[derive(Clone)]
+pub struct InProcess {
+    state: Arc<Mutex<State>>,
+    uploads_port: u16,
+}
+
+impl fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcess").finish_non_exhaustive()
+    }
+}
+
+impl tower::Service<Request<Full<Bytes>>> for InProcess {
+    type Response = Response<Full<Bytes>>;
+    type Error = crate::BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        let uploads = request.uri().port_u16() == Some(self.uploads_port);
+        let state = Arc::clone(&self.state);
+        Box::pin(async move { handle(state, request, uploads).await.map_err(Into::into) })
     }
 }
 
@@ -545,13 +672,26 @@ impl std::error::Error for Hangup {}
 
 type Answer = Result<Response<Full<Bytes>>, Hangup>;
 
-async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>, uploads: bool) -> Answer {
+async fn handle<B>(state: Arc<Mutex<State>>, request: Request<B>, uploads: bool) -> Answer
+where
+    B: http_body::Body,
+{
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     let path = parts.uri.path().to_owned();
     if uploads {
         return Ok(upload(&mut lock(), &parts, &path, body.len()));
+    }
+    // The web origin's OAuth endpoints, at the root whatever the API's prefix.
+    if parts.method == Method::POST && (path == "/login/oauth/access_token" || path == "/login/device/code") {
+        let mut s = lock();
+        let response = if path == "/login/device/code" {
+            super::oauth::device_code(&mut s, &body)
+        } else {
+            super::oauth::access_token(&mut s, &body)
+        };
+        return Ok(record(&mut s, &parts.method, &path, Credential::None, response));
     }
     let prefix = lock().prefix.clone();
     let Some(route) = path.strip_prefix(prefix.as_str()).map(str::to_owned) else {
@@ -693,6 +833,20 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>, uploads: b
             }
             (credential, response)
         }
+        (&Method::GET, ["user"]) => {
+            let credential = classify(&s, authorization.as_deref());
+            let response = match &credential {
+                Credential::UserToken { login, state: TokenState::Valid, .. } => {
+                    ok(&s, json!({"login": login, "id": github::id_of(login), "type": "User"}))
+                }
+                Credential::None => error(&s, 401, "Requires authentication"),
+                Credential::InstallationToken { state: TokenState::Valid, .. } => {
+                    error(&s, 403, "Resource not accessible by integration")
+                }
+                _ => error(&s, 401, "Bad credentials"),
+            };
+            (credential, response)
+        }
         (&Method::GET, ["redirect"]) => {
             let to = parts
                 .uri
@@ -728,7 +882,7 @@ fn record(
     response
 }
 
-fn respond(s: &State, status: u16, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+pub(super) fn respond(s: &State, status: u16, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
@@ -889,6 +1043,9 @@ fn classify(s: &State, authorization: Option<&str>) -> Credential {
             installation_id: token.installation_id,
             state: token_state(s, token),
         };
+    }
+    if let Some((serial, login, state)) = s.oauth.access_token(presented) {
+        return Credential::UserToken { serial, login, state };
     }
     if presented.starts_with("eyJ") {
         return Credential::AppJwt { valid: check_jwt(s, authorization).is_ok() };

@@ -1,0 +1,236 @@
+//! A store in files: one file per key, replaced atomically, swaps serialized by an advisory lock.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{StoreFuture, UserTokenStore, Versioned};
+use crate::error::{BoxError, Error, ErrorKind};
+
+/// The longest key a [`FileStore`] takes, in bytes (file names are the key in hex).
+const MAX_KEY_BYTES: usize = 100;
+
+/// A store in a directory, shared by every process on the machine that opens the same directory.
+///
+/// - Each key is one file, `user-<key in hex>.json`, mode `0600` in a directory created `0700` (on Unix).
+/// - A swap takes an exclusive advisory lock (`flock`) on the key's `.lock` file, reads the version, and replaces
+///   the file by writing a temporary file, `fsync`ing it, renaming it over the old one and `fsync`ing the
+///   directory: a crash leaves the old record or the new one, never a torn one, and `Ok(true)` means it is on disk.
+/// - Reads take no lock (a rename is atomic).
+///
+/// Advisory locks are honoured by processes that use them (every `FileStore`), and on network file systems
+/// only as far as those implement `flock`: keep the directory on a local disk.
+#[derive(Clone)]
+pub struct FileStore {
+    dir: Arc<PathBuf>,
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        let dir = dir.as_ref();
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| {
+            Error::build(
+                ErrorKind::Store,
+                format!(
+                    "the token store directory {} could not be created: check the path and its permissions",
+                    dir.display()
+                ),
+            )
+            .source(e)
+            .finish()
+        })?;
+        Ok(FileStore { dir: Arc::new(dir.to_owned()) })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn paths(&self, key: &str) -> Result<(PathBuf, PathBuf), BoxError> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(format!("a file store key must be 1 to {MAX_KEY_BYTES} bytes long").into());
+        }
+        let mut name = String::with_capacity(5 + key.len() * 2);
+        name.push_str("user-");
+        for byte in key.bytes() {
+            name.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+            name.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+        }
+        Ok((self.dir.join(format!("{name}.json")), self.dir.join(format!("{name}.lock"))))
+    }
+}
+
+impl fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileStore").field("dir", &self.dir).finish()
+    }
+}
+
+/// Reads a record file: `version N` on the first line, the record after it.
+fn read(path: &Path) -> io::Result<Option<Versioned>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let torn = || io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a token record", path.display()));
+    let newline = bytes.iter().position(|&b| b == b'\n').ok_or_else(torn)?;
+    let version = std::str::from_utf8(&bytes[..newline])
+        .ok()
+        .and_then(|line| line.strip_prefix("version "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(torn)?;
+    Ok(Some(Versioned { version, record: bytes[newline + 1..].to_vec() }))
+}
+
+fn options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+fn swap(path: &Path, lock_path: &Path, expected: Option<u64>, new: &Versioned) -> io::Result<bool> {
+    let lock = options().create(true).truncate(false).write(true).open(lock_path)?;
+    lock.lock()?;
+    let current = read(path)?.map(|r| r.version);
+    if current != expected {
+        return Ok(false);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("record"),
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let written = (|| {
+        let mut file = options().create_new(true).write(true).open(&temp)?;
+        file.write_all(format!("version {}\n", new.version).as_bytes())?;
+        file.write_all(&new.record)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)?;
+        // The rename itself is durable once the directory is.
+        #[cfg(unix)]
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written.map(|()| true)
+    // The lock is released when `lock` is dropped.
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> Result<T, BoxError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(join) => Err(format!("the file store's blocking task failed: {join}").into()),
+    }
+}
+
+impl UserTokenStore for FileStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Versioned>> {
+        Box::pin(async move {
+            let (path, _) = self.paths(key)?;
+            blocking(move || read(&path)).await
+        })
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<u64>,
+        new: &'a Versioned,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let (path, lock) = self.paths(key)?;
+            let new = new.clone();
+            blocking(move || swap(&path, &lock, expected, &new)).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tga-file-store-{}-{}", std::process::id(), fastrand::u64(..)));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn swaps_only_on_the_expected_version_and_keeps_files_private() {
+        let dir = temp_dir();
+        let store = FileStore::open(dir.join("store")).unwrap();
+        let one = Versioned { version: 1, record: b"{\"a\":1}".to_vec() };
+        let two = Versioned { version: 2, record: b"{\"a\":2}\nsecond line".to_vec() };
+        assert_eq!(store.load("mona").await.unwrap(), None);
+        assert!(!store.compare_and_swap("mona", Some(1), &one).await.unwrap());
+        assert!(store.compare_and_swap("mona", None, &one).await.unwrap());
+        assert!(!store.compare_and_swap("mona", None, &one).await.unwrap());
+        assert!(store.compare_and_swap("mona", Some(1), &two).await.unwrap());
+        assert_eq!(store.load("mona").await.unwrap(), Some(two.clone()));
+        // Another key, another file; odd keys are hex-encoded into the name.
+        assert!(store.compare_and_swap("../../etc/passwd", None, &one).await.unwrap());
+        let names: Vec<String> =
+            fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(names.iter().all(|n| n.starts_with("user-") && !n.contains("..") && !n.ends_with(".tmp")), "{names:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let (path, _) = store.paths("mona").unwrap();
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(fs::metadata(store.dir()).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        assert!(store.load("").await.is_err());
+        assert!(store.load(&"k".repeat(101)).await.is_err());
+        // A torn or foreign file is an error, not a record.
+        let (path, _) = store.paths("mona").unwrap();
+        fs::write(&path, b"garbage").unwrap();
+        assert!(store.load("mona").await.is_err());
+        assert!(format!("{two:?}").contains("redacted") && !format!("{two:?}").contains("second"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_swaps_from_many_handles_never_both_win() {
+        let dir = temp_dir();
+        let mut tasks = Vec::new();
+        for task in 0..8u64 {
+            let store = FileStore::open(&dir).unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut wins = 0u64;
+                for _ in 0..50 {
+                    let current = store.load("k").await.unwrap().map(|r| r.version);
+                    let next = Versioned { version: current.unwrap_or(0) + 1, record: task.to_string().into_bytes() };
+                    if store.compare_and_swap("k", current, &next).await.unwrap() {
+                        wins += 1;
+                    }
+                }
+                wins
+            }));
+        }
+        let mut wins = 0;
+        for task in tasks {
+            wins += task.await.unwrap();
+        }
+        let last = FileStore::open(&dir).unwrap().load("k").await.unwrap().unwrap();
+        // Every win moved the version by exactly one: no two swaps from one version both succeeded.
+        assert_eq!(last.version, wins);
+        assert!(wins >= 50);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,386 @@
+//! User-to-server tokens: an App acting for a user, with access tokens (`ghu_…`, 8 hours) that are replaced in
+//! the background and refresh tokens (`ghr_…`, single use) that are never spent twice and never lost.
+//!
+//! Owns: the OAuth side on the web origin ([`OAuthApp`]: web-flow code exchange, device flow, refresh grant), the
+//! pair ([`UserTokens`]), the rotation protocol over a [`UserTokenStore`](crate::store::UserTokenStore)
+//! (`rotation`: lease, spend, save, adopt), and the token source [`UserToken`], which keeps the current access
+//! token in the same `ArcSwap` and refresher as an [`Installation`](crate::Installation) and is stamped by
+//! [`UserAuthLayer`](crate::UserAuthLayer).
+//!
+//! What it guarantees:
+//! - Requests read the current access token without a lock; the refresher replaces it well before it expires
+//!   (30 minutes by default, jittered), one rotation at a time.
+//! - No two holders (tasks, sources, processes sharing the store) spend one refresh token: each rotation first
+//!   takes a lease on the record by compare-and-swap; a holder that loses adopts the winner's pair.
+//! - The new pair is saved before its access token is used. If the store fails after GitHub rotated, the pair is
+//!   kept in memory, the save retried with backoff, and the failure reported (an [`ErrorKind::Store`] error on
+//!   requests, the `on_store_error` callback, an `error` log) until it is saved.
+//! - GitHub refusing the refresh token (`bad_refresh_token`), an expired refresh token, or no stored tokens make
+//!   every request of the user fail fast with [`ErrorKind::ReauthorizationRequired`], and the
+//!   `on_reauthorization_required` callback fires once. `incorrect_client_credentials` is
+//!   [`ErrorKind::InvalidConfig`]. Apps with token expiry off (no refresh token) keep their token.
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_github_app::{UserAuthLayer, store::MemoryStore, testing::FakeGitHub, user::UserToken};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let github = FakeGitHub::start().await;
+//! // The web flow: the user came back from github.oauth_app().authorize_url(state) with a code.
+//! let code = github.authorization_code("mona");
+//! let tokens = github.oauth_app().exchange_code(github.client(), &code, None).await?;
+//!
+//! let user = UserToken::builder(github.oauth_app(), MemoryStore::new(), "mona")
+//!     .api_base(&github.api_base())
+//!     .on_reauthorization_required(|error| eprintln!("ask mona to sign in again: {error}"))
+//!     .build(github.client())?;
+//! user.sign_in(tokens).await?;
+//!
+//! let client = ServiceBuilder::new().layer(UserAuthLayer::new(user.clone())).service(github.client());
+//! let request = http::Request::get(format!("{}/user", github.api_base()))
+//!     .body(http_body_util::Full::<bytes::Bytes>::default())?;
+//! assert_eq!(client.oneshot(request).await?.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
+
+pub(crate) mod oauth;
+pub(crate) mod rotation;
+
+pub use oauth::{DeviceCode, OAuthApp, UserTokens};
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::app::GitHubApp;
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::installation::mint::{self, MintParams, Minted};
+use crate::installation::settings::Settings;
+use crate::installation::source::{Handle, Minter, Shared};
+use crate::installation::token::{TokenDetails, TokenEntry};
+use crate::installation::{ApiBase, InstallationLocal};
+use crate::store::UserTokenStore;
+use rotation::{Callback, Current, Rotation};
+
+/// How long GitHub's user access tokens live.
+const USER_TOKEN_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+
+/// How far ahead a token that does not expire is looked at again (a sign-in elsewhere replaces it then).
+const NON_EXPIRING_RECHECK: Duration = Duration::from_secs(24 * 3600);
+
+/// One user's access token, kept current: a cheaply cloneable handle, like an
+/// [`Installation`](crate::Installation), whose refresher rotates the user's token pair through a
+/// [`UserTokenStore`]. See the [module docs](self).
+#[derive(Clone)]
+pub struct UserToken {
+    handle: Arc<Handle>,
+    rotation: Arc<Rotation>,
+}
+
+impl UserToken {
+    /// Starts configuring the token source of the user whose tokens `store` keeps under `key` (your id for the
+    /// user: a login, a database id). `oauth` is the App's client ID and secret.
+    pub fn builder(oauth: OAuthApp, store: impl UserTokenStore, key: impl Into<String>) -> UserTokenBuilder {
+        let mut settings = Settings::default();
+        settings.timing.refresh_before = UserTokenBuilder::DEFAULT_REFRESH_BEFORE;
+        settings.timing.replication_grace = Duration::ZERO;
+        UserTokenBuilder {
+            oauth,
+            store: Arc::new(store),
+            key: key.into(),
+            settings,
+            lease: UserTokenBuilder::DEFAULT_LEASE,
+            on_reauthorization_required: None,
+            on_store_error: None,
+        }
+    }
+
+    /// Stores `tokens` (from [`OAuthApp::exchange_code`] or [`OAuthApp::poll_device`], or your own database) as the
+    /// user's, replacing whatever the store held (a pair that needed re-authorization, say), and waits until
+    /// requests use them.
+    pub async fn sign_in(&self, tokens: UserTokens) -> Result<(), Error> {
+        tokens.authorization()?;
+        self.rotation.sign_in(&tokens).await?;
+        self.handle.shared.mint_now();
+        self.handle.acquire(None).await.map(drop)
+    }
+
+    /// The current access token, rotating first if there is none usable.
+    pub async fn token(&self) -> Result<UserAccessToken, Error> {
+        self.handle.acquire(None).await.map(|entry| UserAccessToken { entry })
+    }
+
+    /// An access token with at least `validity` left, rotating early if the current one has less.
+    pub async fn token_valid_for(&self, validity: Duration) -> Result<UserAccessToken, Error> {
+        self.handle.acquire(Some(validity)).await.map(|entry| UserAccessToken { entry })
+    }
+
+    /// Drops `token` if it is still the current one; the next request gets a rotated (or adopted) one.
+    pub fn invalidate(&self, token: &UserAccessToken) -> bool {
+        self.handle.shared.invalidate_serial(token.entry.serial)
+    }
+
+    /// What the source has done so far.
+    pub fn stats(&self) -> UserTokenStats {
+        let shared = self.handle.shared.stats();
+        let c = &self.rotation.counters;
+        UserTokenStats {
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            adopted: c.adopted.load(Ordering::Relaxed),
+            failed: shared.failed_mints,
+            waited_requests: shared.waited_requests,
+            invalidations: shared.invalidations,
+            lease_waits: c.lease_waits.load(Ordering::Relaxed),
+            store_failures: c.store_failures.load(Ordering::Relaxed),
+            reauthorizations_required: c.reauthorizations.load(Ordering::Relaxed),
+            unsaved: self.rotation.has_unsaved(),
+        }
+    }
+
+    /// The key of the user's record in the store.
+    pub fn key(&self) -> &str {
+        &self.rotation.key
+    }
+
+    /// The API the access tokens are sent to.
+    pub fn api_base(&self) -> &ApiBase {
+        &self.handle.shared.params.api_base
+    }
+}
+
+impl fmt::Debug for UserToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserToken")
+            .field("key", &self.rotation.key)
+            .field("api_base", &self.handle.shared.params.api_base)
+            .field("oauth", &self.rotation.oauth)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of what a [`UserToken`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct UserTokenStats {
+    /// Refresh tokens this source spent (each a rotation GitHub performed).
+    pub refreshes: u64,
+    /// Pairs another holder rotated (or a sign-in wrote) that this source took from the store instead of
+    /// refreshing.
+    pub adopted: u64,
+    /// Rotations that failed (store, network, GitHub).
+    pub failed: u64,
+    /// Requests (and `token()` calls) that found no usable token and waited.
+    pub waited_requests: u64,
+    /// Tokens dropped because GitHub refused them.
+    pub invalidations: u64,
+    /// Rotations that waited for another holder's lease.
+    pub lease_waits: u64,
+    /// Store reads or writes that failed.
+    pub store_failures: u64,
+    /// Times the user was found to need re-authorization (the callback fired as often).
+    pub reauthorizations_required: u64,
+    /// Whether a rotated pair is waiting for the store to take it.
+    pub unsaved: bool,
+}
+
+/// Configures a [`UserToken`].
+#[must_use]
+pub struct UserTokenBuilder {
+    oauth: OAuthApp,
+    store: Arc<dyn UserTokenStore>,
+    key: String,
+    settings: Settings,
+    lease: Duration,
+    on_reauthorization_required: Option<Callback>,
+    on_store_error: Option<Callback>,
+}
+
+impl UserTokenBuilder {
+    /// Replace a token when about this much of its life remains: 30 minutes (of GitHub's 8 hours).
+    pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(30 * 60);
+    /// How long a rotation may hold the record before another holder may take over: 60 s.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+    settings_methods!();
+
+    /// How long a rotation holds the user's record against other holders (default 60 s): longer than a refresh
+    /// request and two store writes take. A holder that dies mid-rotation blocks the others this long.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Called once each time the user must authorize the App again (GitHub refused the refresh token, it
+    /// expired, or the store has no tokens for the user). Requests of the user fail fast with
+    /// [`ErrorKind::ReauthorizationRequired`] until [`UserToken::sign_in`].
+    pub fn on_reauthorization_required(mut self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.on_reauthorization_required = Some(Arc::new(callback));
+        self
+    }
+
+    /// Called for every failed store read or write, notably when GitHub rotated the pair and the store did not
+    /// take it: the pair is then kept in memory and the write retried with backoff.
+    pub fn on_store_error(mut self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.on_store_error = Some(Arc::new(callback));
+        self
+    }
+
+    /// Builds the source. Refreshes go through `client` to the [`OAuthApp`]'s web origin; tokens are sent only
+    /// to the API origin. Nothing is read or sent until the first request, [`UserToken::token`] or
+    /// [`UserToken::sign_in`].
+    pub fn build<S, B, ResB>(self, client: S) -> Result<UserToken, Error>
+    where
+        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: From<Bytes> + Send + 'static,
+        ResB: http_body::Body + Send + 'static,
+        ResB::Data: Send,
+        ResB::Error: Into<BoxError>,
+    {
+        let checked = self.settings.check(USER_TOKEN_LIFETIME)?;
+        if self.key.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "the user's store key is empty: use the user's login or id",
+            ));
+        }
+        if self.lease < Duration::from_millis(100) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("a lease of {:?} is shorter than a refresh takes: use seconds (default 60 s)", self.lease),
+            ));
+        }
+        let rotation = Arc::new(Rotation::new(
+            self.oauth,
+            mint::erase(client),
+            self.store,
+            self.key,
+            self.lease,
+            checked.user_agent.clone(),
+            checked.timeout,
+            self.settings.timing.refresh_before,
+            self.on_reauthorization_required,
+            self.on_store_error,
+        ));
+        let params = MintParams {
+            api_base: checked.api_base,
+            installation_id: 0,
+            body: None,
+            user_agent: checked.user_agent,
+            timeout: checked.timeout,
+        };
+        let shared = Shared::new(Minter::User(Arc::clone(&rotation)), params, false, self.settings.timing);
+        Ok(UserToken { handle: Arc::new(Handle::new(shared)), rotation })
+    }
+}
+
+impl fmt::Debug for UserTokenBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserTokenBuilder")
+            .field("oauth", &self.oauth)
+            .field("key", &self.key)
+            .field("settings", &self.settings)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns a pair ready for requests into what the refresher publishes: times on the local monotonic clock,
+/// measured from when GitHub issued the pair.
+pub(crate) fn minted(current: Current) -> Result<Minted, Error> {
+    let Current { tokens, issued_at } = current;
+    let authorization = tokens.authorization()?;
+    let now = SystemTime::now();
+    let age = now.duration_since(issued_at).unwrap_or_default();
+    let received_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+    let (expires_at, lifetime) = match tokens.expires_at {
+        Some(expires_at) => (expires_at, expires_at.duration_since(issued_at).unwrap_or_default()),
+        // A token that does not expire is looked at again daily.
+        None => (now + NON_EXPIRING_RECHECK, age + NON_EXPIRING_RECHECK),
+    };
+    Ok(Minted {
+        authorization,
+        expires_at,
+        received_at,
+        expires: received_at + lifetime,
+        details: TokenDetails::default(),
+    })
+}
+
+impl crate::source::TokenSource for UserToken {
+    type Local = InstallationLocal;
+
+    fn local(&self) -> InstallationLocal {
+        InstallationLocal::new(&self.handle)
+    }
+
+    fn origin(&self) -> &ApiBase {
+        &self.handle.shared.params.api_base
+    }
+
+    fn app(&self) -> Option<&GitHubApp> {
+        None
+    }
+
+    #[inline]
+    fn current<'l, B>(
+        &self,
+        local: &'l mut InstallationLocal,
+        _: &Request<B>,
+        _: crate::source::Route,
+    ) -> Option<(HeaderValue, &'l Arc<TokenEntry>)> {
+        local.current()
+    }
+
+    fn acquire<B>(&self, _: &Request<B>, _: crate::source::Route) -> crate::source::Acquire {
+        let handle = Arc::clone(&self.handle);
+        Box::pin(async move { handle.acquire(None).await })
+    }
+}
+
+/// A user access token (`ghu_…`) and what is known of it. `Debug` never shows it.
+#[derive(Clone)]
+pub struct UserAccessToken {
+    entry: Arc<TokenEntry>,
+}
+
+impl UserAccessToken {
+    /// The token itself. Keep it out of logs, URLs and error messages.
+    pub fn expose_secret(&self) -> &str {
+        self.entry.authorization.to_str().unwrap_or_default().trim_start_matches("Bearer ")
+    }
+
+    /// `Bearer <token>` as a header value marked sensitive.
+    pub fn authorization(&self) -> HeaderValue {
+        self.entry.authorization.clone()
+    }
+
+    /// How long it stays valid (a day at most for tokens that do not expire: they are looked at again then).
+    pub fn remaining(&self) -> Duration {
+        self.entry.expires().saturating_duration_since(Instant::now())
+    }
+
+    /// A number identifying this token within the process (not a secret; unique per token).
+    pub fn serial(&self) -> u64 {
+        self.entry.serial
+    }
+}
+
+impl fmt::Debug for UserAccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserAccessToken")
+            .field("serial", &self.entry.serial)
+            .field("remaining", &self.remaining())
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
