@@ -287,6 +287,11 @@ async fn users(github: &FakeGitHub) -> bool {
         println!("FAILED: the device flow: {error}");
         return false;
     }
+    println!(
+        "two sources share mona's tokens through one file store; when one rotates them, the other's token dies: its \
+         next request gets 401, RetryOn401Policy drops the token and that source adopts the stored pair (the INFO \
+         lines 'token invalidated' below)"
+    );
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -102,7 +102,8 @@ async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let code = github.authorization_code("mona");
     user.sign_in(github.oauth_app().exchange_code(github.client(), &code, None).await?).await?;
     drop(user);
-    println!("signed mona in; the pair is in {}", dir.display());
+    println!("signed mona in through the web flow; her tokens are in a file store in a temporary directory");
+    println!("two worker processes, each 4 tasks x 40 times: force a rotation (or adopt the other's), call GET /user");
 
     let spawn = || {
         tokio::process::Command::new(std::env::current_exe().expect("this binary's path"))
@@ -116,17 +117,28 @@ async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let (first, second) = (spawn()?, spawn()?);
     let (first, second) = tokio::join!(first.wait_with_output(), second.wait_with_output());
+    let mut failed = 0;
     for (name, output) in [("process 1", first?), ("process 2", second?)] {
-        println!("{name}: {}", String::from_utf8_lossy(&output.stdout).trim());
+        let summary: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|_| serde_json::json!({"failed": 1}));
+        failed += summary["failed"].as_u64().unwrap_or(1);
+        println!(
+            "{name}: {} requests, {} failed, {} refresh tokens spent, {} pairs adopted from the other process, {} \
+             waits for the other's lease",
+            summary["requests"], summary["failed"], summary["refreshes"], summary["adopted"], summary["lease_waits"]
+        );
     }
     let counts = github.oauth_counts();
+    let live = github.live_refresh_tokens("mona");
     println!(
-        "fake GitHub: {} rotations, {} double spends, {} refused refresh tokens, {} live refresh token(s) for mona",
-        counts.refreshes,
-        counts.double_spends,
-        counts.refused_refreshes,
-        github.live_refresh_tokens("mona")
+        "fake GitHub: {} rotations, {} refresh tokens spent twice, {} refused, {live} live refresh token(s) for mona",
+        counts.refreshes, counts.double_spends, counts.refused_refreshes,
     );
     std::fs::remove_dir_all(&dir)?;
-    Ok(())
+    if failed == 0 && counts.double_spends == 0 && counts.refused_refreshes == 0 && live == 1 {
+        println!("ok");
+        Ok(())
+    } else {
+        Err("FAILED: expected no failed request, no refresh token spent twice, one live refresh token".into())
+    }
 }

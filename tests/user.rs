@@ -509,3 +509,86 @@ async fn requests_of_a_user_source_never_carry_the_app_jwt_or_leave_the_api() {
     let debug = format!("{user:?} {:?}", user.token().await.unwrap());
     common::assert_no_secrets(&debug, &[FakeGitHub::CLIENT_SECRET]);
 }
+
+#[tokio::test]
+async fn first_runs_sign_outs_and_junk_are_told_apart_without_the_callback() {
+    let github = FakeGitHub::start().await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let store = MemoryStore::new();
+    let user = UserToken::builder(github.oauth_app(), store.clone(), "mona")
+        .api_base(&github.api_base())
+        .on_reauthorization_required({
+            let calls = Arc::clone(&calls);
+            move |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .build(github.client())
+        .unwrap();
+    // First run: nothing stored, nothing lost: a typed error, no callback.
+    assert!(!user.is_signed_in().await.unwrap());
+    let error = user.token().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ReauthorizationRequired, "{error}");
+    assert!(error.to_string().contains("sign the user in"), "{error}");
+    // What cannot be a user's pair is refused before it reaches the store.
+    for junk in [
+        UserTokens::new("", None, None, None),
+        UserTokens::new("ghs_installationtoken", None, None, None),
+        UserTokens::new("ghu_accesstoken", Some(String::new()), None, None),
+        UserTokens::new("ghu_accesstoken", Some("ghu_swapped".into()), None, None),
+        UserTokens::new("ghu_line\nbreak", None, None, None),
+    ] {
+        let refused = user.sign_in(junk).await.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::InvalidConfig, "{refused}");
+    }
+    assert!(store.load("mona").await.unwrap().is_none());
+
+    user.sign_in(web_flow(&github, "mona").await).await.unwrap();
+    assert!(user.is_signed_in().await.unwrap());
+    let client = stack(user.clone(), github.client());
+    let url = format!("{}/user", github.api_base());
+    assert_eq!(client.clone().oneshot(get(&url)).await.unwrap().status(), 200);
+
+    user.sign_out().await.unwrap();
+    assert!(!user.is_signed_in().await.unwrap());
+    let error = client.clone().oneshot(get(&url)).await.unwrap_err();
+    assert_eq!(kind_of(&error), Some(ErrorKind::ReauthorizationRequired), "{error}");
+    assert!(error.to_string().contains("signed out"), "{error}");
+    // Another holder of the store finds it signed out too, at its first read.
+    let other = UserToken::builder(github.oauth_app(), store.clone(), "mona")
+        .api_base(&github.api_base())
+        .build(github.client())
+        .unwrap();
+    assert_eq!(other.token().await.unwrap_err().kind(), ErrorKind::ReauthorizationRequired);
+
+    user.sign_in(web_flow(&github, "mona").await).await.unwrap();
+    assert_eq!(client.clone().oneshot(get(&url)).await.unwrap().status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "neither a first run nor a sign-out calls back");
+    assert_eq!(github.oauth_counts().double_spends, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_valid_for_is_not_ended_by_a_rotation_within_its_time() {
+    let github = FakeGitHub::start().await;
+    github.set_user_token_lifetime(Some(Duration::from_secs(3600)));
+    let user = UserToken::builder(github.oauth_app(), MemoryStore::new(), "mona")
+        .api_base(&github.api_base())
+        .build(github.in_process())
+        .unwrap();
+    let code = github.authorization_code("mona");
+    user.sign_in(github.oauth_app().exchange_code(github.in_process(), &code, None).await.unwrap()).await.unwrap();
+    // Refreshes run 20 to 24 minutes before expiry (a third of the hour, jittered): at minute 30 the current token
+    // has 6 to 10 minutes before it is replaced, which would end it.
+    tokio::time::sleep(Duration::from_secs(30 * 60)).await;
+    let token = user.token_valid_for(Duration::from_secs(15 * 60)).await.unwrap();
+    assert!(token.remaining() >= Duration::from_secs(15 * 60), "{token:?}");
+    assert_eq!(github.oauth_counts().refreshes, 1, "rotated first");
+    tokio::time::sleep(Duration::from_secs(15 * 60)).await;
+    let mut request = get(&format!("{}/user", github.api_base()));
+    request.headers_mut().insert(http::header::AUTHORIZATION, token.authorization());
+    let response = github.in_process().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200, "still live after the 15 minutes asked for");
+    let too_long = user.token_valid_for(Duration::from_secs(3600)).await.unwrap_err();
+    assert_eq!(too_long.kind(), ErrorKind::InvalidRequest, "{too_long}");
+    assert!(!too_long.to_string().contains("installation"), "{too_long}");
+}

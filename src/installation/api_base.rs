@@ -77,7 +77,8 @@ impl ApiBase {
 
     /// Parses and checks a base URL.
     pub fn parse(url: &str) -> Result<Self, Error> {
-        let (Origin { scheme, authority, path }, host, loopback) = checked_origin(url, "the API base URL")?;
+        let (Origin { scheme, authority, path }, host, loopback) =
+            checked_origin(url, "the API base URL", API_EXAMPLE)?;
         let shown = crate::error::scrub(url.trim());
         if host == "github.com" || host == "www.github.com" {
             return Err(config("github.com is the web host; the REST API is at https://api.github.com"));
@@ -125,7 +126,8 @@ impl ApiBase {
     /// uploads origin is not GitHub's usual one (test servers, proxies). Checked like the API base: https, or
     /// plain http on loopback only.
     pub fn with_uploads(mut self, url: &str) -> Result<Self, Error> {
-        self.uploads = Some(checked_origin(url, "the uploads URL")?.0);
+        self.uploads =
+            Some(checked_origin(url, "the uploads URL", "https://uploads.github.com or https://HOST/api/uploads")?.0);
         Ok(self)
     }
 
@@ -192,18 +194,17 @@ impl ApiBase {
     }
 }
 
+const API_EXAMPLE: &str = "https://api.github.com or https://HOST/api/v3";
+
 /// The scheme, authority and path of `url`, its host (lower case, without a trailing dot) and whether it is
 /// loopback: refused unless it is absolute, has no query or user info, and uses https (plain http only on
 /// loopback). `what` names the URL in messages, which show it scrubbed (user info may carry a token).
-pub(crate) fn checked_origin(url: &str, what: &str) -> Result<(Origin, String, bool), Error> {
+pub(crate) fn checked_origin(url: &str, what: &str, example: &str) -> Result<(Origin, String, bool), Error> {
     let url = url.trim();
     let shown = crate::error::scrub(url);
     let uri: Uri = url.parse().map_err(|_| config(format!("{what} {shown:?} is not a valid URL")))?;
     let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-        return Err(config(format!(
-            "{what} {shown:?} has no scheme or host: write it in full, as https://api.github.com or \
-             https://HOST/api/v3"
-        )));
+        return Err(config(format!("{what} {shown:?} has no scheme or host: write it in full, as {example}")));
     };
     if uri.query().is_some() || authority.as_str().contains('@') {
         return Err(config(format!("{what} {shown:?} carries a query or user info: give only scheme, host and path")));

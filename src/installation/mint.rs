@@ -223,7 +223,7 @@ pub(crate) async fn send(
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) => Err(Error::build(
             ErrorKind::Transport,
-            format!("{what} could not be sent to {api_base}: check the network and the API base"),
+            format!("{what} could not be sent to {api_base}: check the network and that base URL"),
         )
         .source(error)
         .finish()),

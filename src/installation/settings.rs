@@ -72,14 +72,20 @@ impl Settings {
                 longest.as_secs() / 60
             )));
         }
-        if t.backoff_min.is_zero() || t.backoff_min > t.backoff_max {
+        if t.backoff_min.is_zero() || t.backoff_min > t.backoff_max || t.backoff_max > Duration::from_secs(24 * 3600) {
             return Err(config(format!(
-                "refresh_backoff({:?}, {:?}) needs 0 < min <= max",
+                "refresh_backoff({:?}, {:?}) needs 0 < min <= max <= 1 day",
                 t.backoff_min, t.backoff_max
             )));
         }
         if self.mint_timeout.is_zero() {
             return Err(config("mint_timeout must be longer than zero".into()));
+        }
+        if self.mint_timeout > Duration::from_secs(3600) {
+            return Err(config(format!(
+                "mint_timeout ({:?}) is over an hour: GitHub answers in seconds",
+                self.mint_timeout
+            )));
         }
         let mut api_base = match &self.api_base {
             Some(url) => ApiBase::parse(url)?,
@@ -115,7 +121,8 @@ macro_rules! settings_methods {
             self
         }
 
-        /// Replace the token when this much of its life remains (default 10 minutes; jittered up to 20 % earlier).
+        /// Replace the token when this much of its life remains (default 10 minutes for installation tokens, 30
+        /// minutes for user tokens; jittered up to 20 % earlier).
         /// For short-lived tokens (test servers) at most a third of the lifetime is used.
         pub fn refresh_before(mut self, before: Duration) -> Self {
             self.settings.timing.refresh_before = before;

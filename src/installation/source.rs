@@ -737,13 +737,18 @@ impl Handle {
 }
 
 fn too_long(validity: Duration, lifetime: Duration, installation: u64) -> Error {
-    Error::new(
-        ErrorKind::InvalidRequest,
+    let message = if installation == 0 {
+        format!(
+            "a user token valid for {validity:?} was asked for, but GitHub's user tokens live {lifetime:?} and are \
+             replaced (which ends them) refresh_before ahead of expiry: ask for less"
+        )
+    } else {
         format!(
             "a token valid for {validity:?} was asked for, but GitHub's tokens for installation {installation} live \
              {lifetime:?}: ask for less"
-        ),
-    )
+        )
+    };
+    Error::new(ErrorKind::InvalidRequest, message)
 }
 
 fn stopped() -> Error {

@@ -165,8 +165,15 @@ impl TokenEntry {
         REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).get(&serial)?.upgrade()
     }
 
+    /// Whether the token stays usable for `validity` from `now`: until it expires, or for a user token until its
+    /// source replaces it (spending the refresh token kills it).
     pub(crate) fn is_valid_for(&self, now: Instant, validity: Duration) -> bool {
-        now + validity <= self.expires()
+        now + validity <= if self.is_user() { self.refresh_at() } else { self.expires() }
+    }
+
+    /// Whether it is a user access token (user sources record installation 0; installation ids start at 1).
+    pub(crate) fn is_user(&self) -> bool {
+        self.installation_id == 0
     }
 }
 
@@ -294,8 +301,7 @@ impl InstallationTokenUsed {
 
     /// Whether it is a user access token rather than an installation token.
     pub fn is_user_token(&self) -> bool {
-        // Installation ids start at 1; user sources record 0.
-        self.entry.installation_id == 0
+        self.entry.is_user()
     }
 
     /// When the token was received, on the Tokio clock.

@@ -14,7 +14,8 @@ const MAX_KEY_BYTES: usize = 100;
 
 /// A store in a directory, shared by every process on the machine that opens the same directory.
 ///
-/// - Each key is one file, `user-<key in hex>.json`, mode `0600` in a directory created `0700` (on Unix).
+/// - Each key is one file, `user-<key in hex>.json`, mode `0600` in a directory created `0700` (on Unix); keys are
+///   1 to 100 bytes. A directory every user can write to is refused.
 /// - A swap takes an exclusive advisory lock (`flock`) on the key's `.lock` file, reads the version, and replaces
 ///   the file by writing a temporary file, `fsync`ing it, renaming it over the old one and `fsync`ing the
 ///   directory: a crash leaves the old record or the new one, never a torn one, and `Ok(true)` means it is on disk.
@@ -46,6 +47,23 @@ impl FileStore {
             .source(e)
             .finish()
         })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir).map(|m| m.permissions().mode()).unwrap_or(0);
+            if mode & 0o002 != 0 {
+                // Anyone could replace or remove the records (or plant links) there.
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "the token store directory {} is writable by every user (mode {:o}): use a private one \
+                         (chmod 700)",
+                        dir.display(),
+                        mode & 0o7777
+                    ),
+                ));
+            }
+        }
         Ok(FileStore { dir: Arc::new(dir.to_owned()) })
     }
 
@@ -196,6 +214,15 @@ mod tests {
             assert_eq!(fs::metadata(store.dir()).unwrap().permissions().mode() & 0o777, 0o700);
         }
         assert!(store.load("").await.is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let open = dir.join("open");
+            fs::create_dir(&open).unwrap();
+            fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+            let refused = FileStore::open(&open).unwrap_err();
+            assert_eq!(refused.kind(), ErrorKind::InvalidConfig, "{refused}");
+        }
         assert!(store.load(&"k".repeat(101)).await.is_err());
         // A torn or foreign file is an error, not a record.
         let (path, _) = store.paths("mona").unwrap();

@@ -9,12 +9,14 @@
 //!
 //! A store for a database is two statements:
 //! ```
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
 //! use tower_github_app::store::{StoreFuture, UserTokenStore, Versioned};
-//! # use std::sync::Mutex; use std::collections::HashMap;
+//!
 //! /// `CREATE TABLE user_tokens (key TEXT PRIMARY KEY, version BIGINT NOT NULL, record BYTEA NOT NULL)`
 //! struct Table {
-//!     // a connection pool; here, a map
-//! #   rows: Mutex<HashMap<String, Versioned>>,
+//!     // A connection pool in a real application; a map here.
+//!     rows: Mutex<HashMap<String, Versioned>>,
 //! }
 //!
 //! impl UserTokenStore for Table {
@@ -30,8 +32,8 @@
 //!         new: &'a Versioned,
 //!     ) -> StoreFuture<'a, bool> {
 //!         // expected = None:    INSERT INTO user_tokens VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
-//!         // expected = Some(v): UPDATE user_tokens SET version = $2, record = $3 WHERE key = $1 AND version = v
-//!         // Either way: whether a row was written.
+//!         // expected = Some(v): UPDATE user_tokens SET version = $2, record = $3 WHERE key = $1 AND version = $4
+//!         // ($2 = new.version, $3 = new.record, $4 = v.) Either way: whether a row was written.
 //!         Box::pin(async move {
 //!             let mut rows = self.rows.lock().unwrap();
 //!             if rows.get(key).map(|r| r.version) != expected {

@@ -106,10 +106,26 @@ impl UserToken {
     /// user's, replacing whatever the store held (a pair that needed re-authorization, say), and waits until
     /// requests use them.
     pub async fn sign_in(&self, tokens: UserTokens) -> Result<(), Error> {
-        tokens.authorization()?;
+        tokens.check()?;
         self.rotation.sign_in(&tokens).await?;
         self.handle.shared.mint_now();
         self.handle.acquire(None).await.map(drop)
+    }
+
+    /// Marks the user signed out in the store and drops this source's token: its requests fail with
+    /// [`ErrorKind::ReauthorizationRequired`] (without the callback) until [`sign_in`](Self::sign_in). Other
+    /// holders of the store stop when they next read it (at their next rotation or refusal). The tokens stay
+    /// valid at GitHub until they expire or the user revokes the App's authorization.
+    pub async fn sign_out(&self) -> Result<(), Error> {
+        self.rotation.sign_out().await?;
+        self.handle.shared.mint_now();
+        Ok(())
+    }
+
+    /// Whether the store holds tokens for the user that are not known to need re-authorization (a sign-in, then
+    /// no refusal and no sign-out). Reads the store; fires no callback.
+    pub async fn is_signed_in(&self) -> Result<bool, Error> {
+        self.rotation.is_signed_in().await
     }
 
     /// The current access token, rotating first if there is none usable.
@@ -117,7 +133,11 @@ impl UserToken {
         self.handle.acquire(None).await.map(|entry| UserAccessToken { entry })
     }
 
-    /// An access token with at least `validity` left, rotating early if the current one has less.
+    /// An access token that this source will not replace for at least `validity`, rotating first if the current
+    /// one would be replaced sooner: for `git` and jobs that cannot refresh midway. Replacing a user token ends it
+    /// (its refresh token is spent), so the bound is the token's refresh time, not its expiry: at most about its
+    /// lifetime less [`refresh_before`](UserTokenBuilder::refresh_before). Another holder sharing the store may
+    /// still rotate it sooner, on its own schedule or after a refusal.
     pub async fn token_valid_for(&self, validity: Duration) -> Result<UserAccessToken, Error> {
         self.handle.acquire(Some(validity)).await.map(|entry| UserAccessToken { entry })
     }
@@ -211,8 +231,9 @@ impl UserTokenBuilder {
 
     settings_methods!();
 
-    /// How long a rotation holds the user's record against other holders (default 60 s): longer than a refresh
-    /// request and two store writes take. A holder that dies mid-rotation blocks the others this long.
+    /// How long a rotation holds the user's record against other holders (default 60 s): longer than
+    /// `mint_timeout` (30 s by default, which bounds the refresh request), at most an hour. A holder that dies
+    /// mid-rotation blocks the others this long.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -253,19 +274,26 @@ impl UserTokenBuilder {
                 "the user's store key is empty: use the user's login or id",
             ));
         }
-        if self.lease < Duration::from_millis(100) {
+        if self.lease <= checked.timeout || self.lease > Duration::from_secs(3600) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                format!("a lease of {:?} is shorter than a refresh takes: use seconds (default 60 s)", self.lease),
+                format!(
+                    "the lease ({:?}) must be longer than mint_timeout ({:?}), which bounds the refresh it covers, and \
+                     at most an hour (default 60 s)",
+                    self.lease, checked.timeout
+                ),
             ));
         }
+        // Refreshes say who is asking as the sign-in did, unless this builder was told otherwise.
+        let user_agent =
+            if self.settings.user_agent.is_some() { checked.user_agent.clone() } else { self.oauth.user_agent.clone() };
         let rotation = Arc::new(Rotation::new(
             self.oauth,
             mint::erase(client),
             self.store,
             self.key,
             self.lease,
-            checked.user_agent.clone(),
+            user_agent,
             checked.timeout,
             self.settings.timing.refresh_before,
             self.on_reauthorization_required,
@@ -364,9 +392,16 @@ impl UserAccessToken {
         self.entry.authorization.clone()
     }
 
-    /// How long it stays valid (a day at most for tokens that do not expire: they are looked at again then).
+    /// How long it stays usable: until this source replaces it, which ends it (a day at most for tokens that do
+    /// not expire: they are looked at again then). Another holder of the user's tokens may end it sooner.
     pub fn remaining(&self) -> Duration {
-        self.entry.expires().saturating_duration_since(Instant::now())
+        self.entry.refresh_at().saturating_duration_since(Instant::now())
+    }
+
+    /// When it expires at GitHub, if nothing replaces it first (GitHub's clock; a day ahead for tokens that do
+    /// not expire).
+    pub fn expires_at(&self) -> SystemTime {
+        self.entry.expires_at()
     }
 
     /// A number identifying this token within the process (not a secret; unique per token).

@@ -55,7 +55,7 @@ impl OAuthApp {
     /// Server (not `https://HOST/api/v3`: that is the API), `https://SUBDOMAIN.ghe.com` for GitHub Enterprise Cloud
     /// with data residency. https only (plain http on loopback test servers).
     pub fn with_web_base(mut self, url: &str) -> Result<Self, Error> {
-        let (origin, host, _) = checked_origin(url, "the web base URL")?;
+        let (origin, host, _) = checked_origin(url, "the web base URL", "https://github.com or https://HOST")?;
         if host == "api.github.com" || host.starts_with("api.") && host.ends_with(".ghe.com") {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
@@ -105,6 +105,19 @@ impl OAuthApp {
     /// checked when GitHub redirects back with `code` and the same `state`.
     pub fn authorize_url(&self, state: &str) -> String {
         format!("{}/login/oauth/authorize?{}", self.web_base, form(&[("client_id", &self.client_id), ("state", state)]))
+    }
+
+    /// [`authorize_url`](Self::authorize_url) with the callback URL registered for the App (`redirect_uri`, which
+    /// [`exchange_code`](Self::exchange_code) must then repeat) and a suggested account (`login`).
+    pub fn authorize_url_with(&self, state: &str, redirect_uri: Option<&str>, login: Option<&str>) -> String {
+        let mut fields = vec![("client_id", self.client_id.as_str()), ("state", state)];
+        if let Some(uri) = redirect_uri {
+            fields.push(("redirect_uri", uri));
+        }
+        if let Some(login) = login {
+            fields.push(("login", login));
+        }
+        format!("{}/login/oauth/authorize?{}", self.web_base, form(&fields))
     }
 
     /// The web flow's second step: trades the `code` GitHub redirected back with for the user's tokens.
@@ -173,8 +186,8 @@ impl OAuthApp {
                 device_code,
                 user_code,
                 verification_uri,
-                expires_in: Duration::from_secs(answer.expires_in.unwrap_or(900)),
-                interval: Duration::from_secs(answer.interval.unwrap_or(5).max(1)),
+                expires_in: Duration::from_secs(answer.expires_in.unwrap_or(900).min(24 * 3600)),
+                interval: Duration::from_secs(answer.interval.unwrap_or(5).clamp(1, 3600)),
                 issued_at: Instant::now(),
             }),
             _ => Err(malformed(response.status(), "the device code request")),
@@ -369,6 +382,34 @@ impl UserTokens {
         self.refresh_token_expires_at
     }
 
+    /// Refuses what cannot be a user's pair: empty tokens, and tokens of another kind.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        let config = |message: &str| Err(Error::new(ErrorKind::InvalidConfig, message));
+        if self.access_token.trim().is_empty() || self.refresh_token.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return config("the user tokens are empty: pass the access_token (and refresh_token) GitHub answered");
+        }
+        for (prefix, what) in [
+            ("ghs_", "an installation token"),
+            ("ghp_", "a personal access token"),
+            ("github_pat_", "a personal access token"),
+            ("ghr_", "a refresh token"),
+        ] {
+            if self.access_token.starts_with(prefix) {
+                return config(&format!("the access token is {what}, not a user access token (ghu_…)"));
+            }
+        }
+        if self.refresh_token.as_deref().is_some_and(|r| r.starts_with("ghu_")) {
+            return config("the refresh token is an access token (ghu_…): the refresh token starts with ghr_");
+        }
+        if self.refresh_token.as_deref().is_some_and(|t| t.bytes().any(|b| !b.is_ascii_graphic())) {
+            return config("the refresh token has characters GitHub never puts in one");
+        }
+        match self.authorization() {
+            Ok(_) => Ok(()),
+            Err(_) => config("the access token has characters GitHub never puts in one"),
+        }
+    }
+
     pub(crate) fn authorization(&self) -> Result<HeaderValue, Error> {
         let mut value = HeaderValue::try_from(format!("Bearer {}", self.access_token)).map_err(|_| {
             Error::new(ErrorKind::MalformedResponse, "the user access token has characters not allowed in a header")
@@ -389,6 +430,8 @@ impl fmt::Debug for UserTokens {
             .finish()
     }
 }
+
+const TEN_YEARS: u64 = 10 * 366 * 24 * 3600;
 
 /// What the token endpoint said.
 enum Answer {
@@ -435,12 +478,24 @@ fn read_answer(response: &Response<Bytes>, what: &str) -> Result<Answer, Error> 
     if let Some(error) = answer.error {
         return match error.as_str() {
             "authorization_pending" => Ok(Answer::Pending),
-            "slow_down" => Ok(Answer::SlowDown(answer.interval.map(Duration::from_secs))),
+            "slow_down" => Ok(Answer::SlowDown(answer.interval.map(|s| Duration::from_secs(s.min(3600))))),
             _ => Err(refusal(&error, answer.error_description, status, what)),
         };
     }
     let Some(access_token) = answer.access_token.filter(|t| !t.is_empty()) else {
-        return Err(malformed(status, what));
+        return Err(match status {
+            s if s.is_server_error() => {
+                Error::build(ErrorKind::ServerError, format!("{what} failed: GitHub answered {s}; it is retried"))
+                    .status(s)
+                    .finish()
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                Error::build(ErrorKind::RateLimited, format!("{what} was rate limited; it is retried"))
+                    .status(status)
+                    .finish()
+            }
+            _ => malformed(status, what),
+        });
     };
     if !status.is_success() {
         return Err(unexpected(what, &format!("status {status} with a token")));
@@ -449,8 +504,9 @@ fn read_answer(response: &Response<Bytes>, what: &str) -> Result<Answer, Error> 
     let tokens = UserTokens {
         access_token,
         refresh_token: answer.refresh_token.filter(|t| !t.is_empty()),
-        expires_at: answer.expires_in.map(|s| now + Duration::from_secs(s)),
-        refresh_token_expires_at: answer.refresh_token_expires_in.map(|s| now + Duration::from_secs(s)),
+        // Bounded, so that a garbage lifetime cannot overflow the clock: ten years is beyond any GitHub token.
+        expires_at: answer.expires_in.map(|s| now + Duration::from_secs(s.min(TEN_YEARS))),
+        refresh_token_expires_at: answer.refresh_token_expires_in.map(|s| now + Duration::from_secs(s.min(TEN_YEARS))),
     };
     // A token that cannot be a header value is garbage, whatever else the answer says.
     tokens.authorization()?;

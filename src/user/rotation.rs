@@ -111,6 +111,9 @@ impl Record {
     }
 }
 
+/// What a signed-out record says instead of a refusal.
+const SIGNED_OUT: &str = "signed out";
+
 /// A pair ready for requests: the tokens and when they were issued.
 pub(crate) struct Current {
     pub(crate) tokens: UserTokens,
@@ -217,7 +220,7 @@ impl Rotation {
 
     /// The longest one rotation may take: waiting out another holder's lease, then a refresh and two writes.
     pub(crate) fn budget(&self) -> Duration {
-        self.lease * 2 + self.timeout * 2 + Duration::from_secs(1)
+        self.lease.saturating_mul(2).saturating_add(self.timeout.saturating_mul(2)) + Duration::from_secs(1)
     }
 
     /// A pair for requests: adopted from the store, or rotated. `withdraw` is called just before the refresh
@@ -232,10 +235,12 @@ impl Rotation {
         let give_up = Instant::now() + self.lease * 2;
         let mut waited = false;
         loop {
-            let stored = self.store.load(&self.key).await.map_err(|e| Failure::alive(self.store_error("read", e)))?;
+            let stored =
+                self.store.load(&self.key).await.map_err(|e| Failure::alive(self.store_error("read", e, true)))?;
             let Some(stored) = stored else {
-                return Err(Failure::dead(self.reauthorization_required(
-                    None,
+                // Not signed in yet: nothing was lost, so no callback.
+                return Err(Failure::dead(Error::new(
+                    ErrorKind::ReauthorizationRequired,
                     format!(
                         "no user tokens are stored under the key {:?}: complete the web or device flow and sign the \
                          user in",
@@ -246,10 +251,19 @@ impl Rotation {
             let record = Record::decode(&stored).map_err(Failure::alive)?;
             let now = SystemTime::now();
             if let Some(why) = &record.reauthorize {
+                if why == SIGNED_OUT {
+                    return Err(Failure::dead(Error::new(
+                        ErrorKind::ReauthorizationRequired,
+                        format!("the user {:?} signed out: sign them in again", crate::error::scrub(&self.key)),
+                    )));
+                }
                 let why = why.clone();
                 return Err(Failure::dead(self.reauthorization_required(record.refresh_token.as_deref(), why)));
             }
-            if let Some(lease) = record.lease.as_ref().filter(|lease| lease.until > ms(now)) {
+            // A live lease of another holder. One of this source's own is stale: its rotations run one at a time,
+            // so it is one a failed attempt could not give back (the store was failing).
+            let mine = |lease: &Lease| lease.holder.split('#').next() == Some(self.holder.as_str());
+            if let Some(lease) = record.lease.as_ref().filter(|lease| lease.until > ms(now) && !mine(lease)) {
                 // Another holder is spending the refresh token: its result is what this source will use.
                 if !waited {
                     waited = true;
@@ -319,7 +333,7 @@ impl Rotation {
             match self.store.compare_and_swap(&self.key, Some(stored.version), &claim).await {
                 Ok(true) => {}
                 Ok(false) => continue,
-                Err(e) => return Err(Failure::alive(self.store_error("lease", e))),
+                Err(e) => return Err(Failure::alive(self.store_error("lease", e, true))),
             }
 
             // Spend it. Its access token dies now: requests wait for the new one.
@@ -420,8 +434,10 @@ impl Rotation {
         let error = Error::build(
             ErrorKind::Store,
             format!(
-                "GitHub rotated the user's tokens but the store failed to {what} them: the new pair is kept in memory \
-                 and saved as soon as the store takes it (requests fail until then; do not stop the process)"
+                "GitHub rotated the tokens of {:?} but the store failed to {what} them ({}): the new pair is kept \
+                 in memory and saved as soon as the store takes it (requests fail until then; do not stop the process)",
+                crate::error::scrub(&self.key),
+                crate::error::scrub(&error.to_string()),
             ),
         )
         .source(error)
@@ -434,11 +450,18 @@ impl Rotation {
         Failure::dead(error)
     }
 
-    fn store_error(&self, what: &str, error: crate::BoxError) -> Error {
-        let error =
-            Error::build(ErrorKind::Store, format!("the user token store failed to {what} the record; retrying"))
-                .source(error)
-                .finish();
+    fn store_error(&self, what: &str, error: crate::BoxError, retrying: bool) -> Error {
+        let error = Error::build(
+            ErrorKind::Store,
+            format!(
+                "the user token store failed to {what} the record of {:?} ({}){}",
+                crate::error::scrub(&self.key),
+                crate::error::scrub(&error.to_string()),
+                if retrying { "; retrying with backoff" } else { "" }
+            ),
+        )
+        .source(error)
+        .finish();
         self.counters.store_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(key = %crate::error::scrub(&self.key), %error, "user token store failed");
         if let Some(callback) = &self.on_store_error {
@@ -480,18 +503,54 @@ impl Rotation {
 
     /// Writes a signed-in pair over whatever the store holds; clears a refusal.
     pub(crate) async fn sign_in(&self, tokens: &UserTokens) -> Result<(), Error> {
-        let _one = self.running.lock().await;
         let record = Record::new(tokens, SystemTime::now());
+        self.overwrite(&record, "sign-in").await?;
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    /// Marks the record signed out, keeping nothing usable in it.
+    pub(crate) async fn sign_out(&self) -> Result<(), Error> {
+        let out = Record {
+            access_token: String::new(),
+            refresh_token: None,
+            expires_at: None,
+            refresh_token_expires_at: None,
+            issued_at: ms(SystemTime::now()),
+            lease: None,
+            reauthorize: Some(SIGNED_OUT.into()),
+        };
+        self.overwrite(&out, "sign-out").await?;
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(())
+    }
+
+    /// Whether the store holds a pair not known to need re-authorization.
+    pub(crate) async fn is_signed_in(&self) -> Result<bool, Error> {
+        let stored = self.store.load(&self.key).await.map_err(|e| self.store_error("read", e, false))?;
+        Ok(match stored {
+            Some(stored) => Record::decode(&stored)?.reauthorize.is_none(),
+            None => false,
+        })
+    }
+
+    /// Replaces the record, whatever its version, once the rotation under way in this source (if any) ended.
+    async fn overwrite(&self, record: &Record, what: &str) -> Result<(), Error> {
+        let _one = self.running.lock().await;
         for _ in 0..8 {
-            let current = self.store.load(&self.key).await.map_err(|e| self.store_error("read", e))?;
-            let expected = current.map(|c| c.version);
-            let new = record.encode(expected.map_or(1, |v| v + 1));
-            if self.store.compare_and_swap(&self.key, expected, &new).await.map_err(|e| self.store_error("write", e))? {
-                self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).take();
-                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let current = self.store.load(&self.key).await.map_err(|e| self.store_error("read", e, false))?;
+            let expected = current.as_ref().map(|c| c.version);
+            let next = record.encode(expected.map_or(1, |v| v + 1));
+            let swapped = self
+                .store
+                .compare_and_swap(&self.key, expected, &next)
+                .await
+                .map_err(|e| self.store_error("write", e, false))?;
+            if swapped {
                 return Ok(());
             }
         }
-        Err(Error::new(ErrorKind::Store, "the user token record kept changing during the sign-in; try again"))
+        Err(Error::new(ErrorKind::Store, format!("the user token record kept changing during the {what}; try again")))
     }
 }
