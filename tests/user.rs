@@ -23,9 +23,8 @@ use tower_github_app::{Error, ErrorKind, RetryOn401Policy, UserAuthLayer};
 type BoxError = tower::BoxError;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tga-user-{name}-{}-{}", std::process::id(), fastrand_u64()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    // Not created here: FileStore::open creates it private (0700), whatever the umask.
+    std::env::temp_dir().join(format!("tga-user-{name}-{}-{}", std::process::id(), fastrand_u64()))
 }
 
 fn fastrand_u64() -> u64 {

@@ -365,16 +365,25 @@ impl Shared {
             }
             Minter::User(rotation) => {
                 // Spending the refresh token kills the access token requests hold: they wait for the new one.
-                // Kept aside, it comes back if the refresh fails before GitHub could have rotated.
-                let withdrawn: Mutex<Option<Arc<TokenEntry>>> = Mutex::new(None);
-                let withdraw = || {
-                    let taken = self.take_current_if(|_| true);
-                    *withdrawn.lock().unwrap_or_else(|e| e.into_inner()) = taken;
-                };
-                match rotation.rotate(&withdraw).await {
+                // Kept aside, it comes back if the refresh fails before GitHub could have rotated. The rotation runs
+                // in a task of its own: once it has spent the refresh token it must save the new pair, even if
+                // this future is dropped (the last handle gone, the refresher replaced).
+                let (shared, rotation) = (Arc::clone(self), Arc::clone(rotation));
+                let rotating = tokio::spawn(async move {
+                    let withdrawn: Mutex<Option<Arc<TokenEntry>>> = Mutex::new(None);
+                    let withdraw = || {
+                        let taken = shared.take_current_if(|_| true);
+                        *withdrawn.lock().unwrap_or_else(|e| e.into_inner()) = taken;
+                    };
+                    let outcome = rotation.rotate(&withdraw).await;
+                    (outcome, withdrawn.into_inner().unwrap_or_else(|e| e.into_inner()))
+                });
+                let (outcome, withdrawn) = rotating.await.map_err(|join| {
+                    Error::new(ErrorKind::Runtime, format!("the user token rotation task ended early: {join}"))
+                })?;
+                match outcome {
                     Ok(current) => crate::user::minted(current)?,
                     Err(failure) => {
-                        let withdrawn = withdrawn.lock().unwrap_or_else(|e| e.into_inner()).take();
                         if failure.current_dead {
                             self.take_current_if(|_| true);
                         } else if let Some(token) = withdrawn

@@ -51,12 +51,12 @@ impl FileStore {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(dir).map(|m| m.permissions().mode()).unwrap_or(0);
-            if mode & 0o002 != 0 {
-                // Anyone could replace or remove the records (or plant links) there.
+            if mode & 0o022 != 0 {
+                // Others could replace or remove the records (or plant links) there.
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
                     format!(
-                        "the token store directory {} is writable by every user (mode {:o}): use a private one \
+                        "the token store directory {} is writable by other users (mode {:o}): use a private one \
                          (chmod 700)",
                         dir.display(),
                         mode & 0o7777
@@ -64,6 +64,7 @@ impl FileStore {
                 ));
             }
         }
+        sweep(dir);
         Ok(FileStore { dir: Arc::new(dir.to_owned()) })
     }
 
@@ -86,29 +87,76 @@ impl FileStore {
     }
 }
 
+/// Removes temporary files that writers which died mid-write left behind (older than ten minutes: a live
+/// writer's is milliseconds old).
+fn sweep(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(600)));
+        if name.starts_with(".user-") && name.ends_with(".tmp") && stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl fmt::Debug for FileStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FileStore").field("dir", &self.dir).finish()
     }
 }
 
-/// Reads a record file: `version N` on the first line, the record after it.
+/// The largest record file read: a record is well under 1 KiB.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// Refuses anything at `path` that is not a plain file (a link, a FIFO, a device): it would not be a record this
+/// store wrote, and opening it could block or read without end.
+fn plain_file(path: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => Ok(true),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a plain file (a link, a pipe or a device): remove it", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a record file: `version N` on the first line, the record after it. A file without that line (torn by
+/// hand, or foreign) reads as version 0 with its bytes as the record: the user's source says it cannot use it, and
+/// a sign-in replaces it.
 fn read(path: &Path) -> io::Result<Option<Versioned>> {
-    let mut file = match File::open(path) {
+    if !plain_file(path)? {
+        return Ok(None);
+    }
+    let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let torn = || io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a token record", path.display()));
-    let newline = bytes.iter().position(|&b| b == b'\n').ok_or_else(torn)?;
-    let version = std::str::from_utf8(&bytes[..newline])
-        .ok()
-        .and_then(|line| line.strip_prefix("version "))
-        .and_then(|n| n.parse::<u64>().ok())
-        .ok_or_else(torn)?;
-    Ok(Some(Versioned { version, record: bytes[newline + 1..].to_vec() }))
+    file.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than a token record can be: remove it", path.display()),
+        ));
+    }
+    let header = bytes.iter().position(|&b| b == b'\n').and_then(|newline| {
+        let version = std::str::from_utf8(&bytes[..newline]).ok()?.strip_prefix("version ")?.parse::<u64>().ok()?;
+        Some((version, newline))
+    });
+    Ok(Some(match header {
+        Some((version, newline)) => Versioned { version, record: bytes[newline + 1..].to_vec() },
+        None => Versioned { version: 0, record: bytes },
+    }))
 }
 
 fn options() -> OpenOptions {
@@ -119,6 +167,7 @@ fn options() -> OpenOptions {
 }
 
 fn swap(path: &Path, lock_path: &Path, expected: Option<u64>, new: &Versioned) -> io::Result<bool> {
+    plain_file(lock_path)?;
     let lock = options().create(true).truncate(false).write(true).open(lock_path)?;
     lock.lock()?;
     let current = read(path)?.map(|r| r.version);
@@ -186,6 +235,8 @@ mod tests {
     fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("tga-file-store-{}-{}", std::process::id(), fastrand::u64(..)));
         fs::create_dir_all(&dir).unwrap();
+        #[cfg(unix)]
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         dir
     }
 
@@ -224,10 +275,19 @@ mod tests {
             assert_eq!(refused.kind(), ErrorKind::InvalidConfig, "{refused}");
         }
         assert!(store.load(&"k".repeat(101)).await.is_err());
-        // A torn or foreign file is an error, not a record.
+        // A torn or foreign file reads as version 0, which a swap can replace; a link or a pipe is refused.
         let (path, _) = store.paths("mona").unwrap();
         fs::write(&path, b"garbage").unwrap();
-        assert!(store.load("mona").await.is_err());
+        assert_eq!(store.load("mona").await.unwrap().unwrap().version, 0);
+        assert!(store.compare_and_swap("mona", Some(0), &one).await.unwrap());
+        #[cfg(unix)]
+        {
+            fs::remove_file(&path).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+            assert!(store.load("mona").await.is_err());
+            assert!(store.compare_and_swap("mona", None, &one).await.is_err());
+            fs::remove_file(&path).unwrap();
+        }
         assert!(format!("{two:?}").contains("redacted") && !format!("{two:?}").contains("second"));
         fs::remove_dir_all(dir).unwrap();
     }

@@ -41,7 +41,7 @@
 //!   bodies (`bad_refresh_token`, `incorrect_client_credentials`, `bad_verification_code`,
 //!   `authorization_pending`, `slow_down`, `expired_token`, `access_denied`) and a count of double spends
 //!   ([`FakeGitHub::oauth_counts`]);
-//! - `GET /user` (user access token);
+//! - `GET /user` (user access token: the only route that takes one; the repository routes answer `401` to it);
 //! - `GET /redirect?to=URL`: a `302` to `URL`, for testing that redirects never carry tokens elsewhere.
 //!
 //! Answers have GitHub's shape: they are rendered from the examples in GitHub's REST API description (full

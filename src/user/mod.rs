@@ -67,7 +67,7 @@ use crate::installation::source::{Handle, Minter, Shared};
 use crate::installation::token::{TokenDetails, TokenEntry};
 use crate::installation::{ApiBase, InstallationLocal};
 use crate::store::UserTokenStore;
-use rotation::{Callback, Current, Rotation};
+use rotation::{Callback, Current, Rotation, RotationConfig};
 
 /// How long GitHub's user access tokens live.
 const USER_TOKEN_LIFETIME: Duration = Duration::from_secs(8 * 3600);
@@ -166,7 +166,7 @@ impl UserToken {
 
     /// The key of the user's record in the store.
     pub fn key(&self) -> &str {
-        &self.rotation.key
+        self.rotation.key()
     }
 
     /// The API the access tokens are sent to.
@@ -178,9 +178,9 @@ impl UserToken {
 impl fmt::Debug for UserToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserToken")
-            .field("key", &self.rotation.key)
+            .field("key", &self.rotation.key())
             .field("api_base", &self.handle.shared.params.api_base)
-            .field("oauth", &self.rotation.oauth)
+            .field("oauth", &self.rotation.config.oauth)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -287,18 +287,18 @@ impl UserTokenBuilder {
         // Refreshes say who is asking as the sign-in did, unless this builder was told otherwise.
         let user_agent =
             if self.settings.user_agent.is_some() { checked.user_agent.clone() } else { self.oauth.user_agent.clone() };
-        let rotation = Arc::new(Rotation::new(
-            self.oauth,
-            mint::erase(client),
-            self.store,
-            self.key,
-            self.lease,
+        let rotation = Arc::new(Rotation::new(RotationConfig {
+            oauth: self.oauth,
+            client: mint::erase(client),
+            store: self.store,
+            key: self.key,
+            lease: self.lease,
             user_agent,
-            checked.timeout,
-            self.settings.timing.refresh_before,
-            self.on_reauthorization_required,
-            self.on_store_error,
-        ));
+            timeout: checked.timeout,
+            refresh_before: self.settings.timing.refresh_before,
+            on_reauthorization_required: self.on_reauthorization_required,
+            on_store_error: self.on_store_error,
+        }));
         let params = MintParams {
             api_base: checked.api_base,
             installation_id: 0,
@@ -331,7 +331,17 @@ pub(crate) fn minted(current: Current) -> Result<Minted, Error> {
     let age = now.duration_since(issued_at).unwrap_or_default();
     let received_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
     let (expires_at, lifetime) = match tokens.expires_at {
-        Some(expires_at) => (expires_at, expires_at.duration_since(issued_at).unwrap_or_default()),
+        Some(expires_at) => {
+            let lifetime = expires_at.duration_since(issued_at).unwrap_or_default();
+            if lifetime < Duration::from_secs(1) {
+                // Rotating again at once would only get another such token: the refresher backs off instead.
+                return Err(Error::new(
+                    ErrorKind::MalformedResponse,
+                    "GitHub issued a user access token that expires at once (expires_in 0); retrying with backoff",
+                ));
+            }
+            (expires_at, lifetime)
+        }
         // A token that does not expire is looked at again daily.
         None => (now + NON_EXPIRING_RECHECK, age + NON_EXPIRING_RECHECK),
     };

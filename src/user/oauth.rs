@@ -223,7 +223,16 @@ impl OAuthApp {
                     "the device code expired before the user entered it: start the device flow again",
                 ));
             }
-            match self.post(&client, "/login/oauth/access_token", &fields, "the device flow").await? {
+            let answer = match self.post(&client, "/login/oauth/access_token", &fields, "the device flow").await {
+                Ok(answer) => answer,
+                // A network hiccup or a GitHub outage does not end the flow: the user may still be typing.
+                Err(error) if error.is_transient() => {
+                    tracing::debug!(%error, "device flow poll failed; polling on");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match answer {
                 Answer::Tokens(tokens) => return Ok(tokens),
                 Answer::Pending => {}
                 Answer::SlowDown(asked) => {
@@ -236,25 +245,32 @@ impl OAuthApp {
     }
 
     /// The refresh grant: spends `refresh_token` (it and the access token it came with die at once) for a new pair.
+    /// The error says whether GitHub spent the refresh token anyway (its answer carried tokens it could not be read
+    /// as): such a refresh token must never be presented again.
     pub(crate) async fn refresh(
         &self,
         client: &MintClient,
         refresh_token: &str,
         user_agent: &HeaderValue,
         timeout: Duration,
-    ) -> Result<UserTokens, Error> {
+    ) -> Result<UserTokens, RefreshError> {
+        let unspent = |error| RefreshError { error, spent: false };
         let fields = [
             ("client_id", self.client_id.as_str()),
             ("client_secret", &self.client_secret),
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
         ];
-        let mut request = self.form_request("/login/oauth/access_token", &fields)?;
+        let mut request = self.form_request("/login/oauth/access_token", &fields).map_err(unspent)?;
         request.headers_mut().insert(USER_AGENT, user_agent.clone());
-        let response = mint::send(client, request, timeout, "the token refresh", &self.web_base).await?;
-        match read_answer(&response, "the token refresh")? {
-            Answer::Tokens(tokens) => Ok(tokens),
-            Answer::Pending | Answer::SlowDown(_) => Err(unexpected("the token refresh", "a device-flow answer")),
+        let response =
+            mint::send(client, request, timeout, "the token refresh", &self.web_base).await.map_err(unspent)?;
+        match read_answer(&response, "the token refresh") {
+            Ok(Answer::Tokens(tokens)) => Ok(tokens),
+            Ok(Answer::Pending | Answer::SlowDown(_)) => {
+                Err(unspent(unexpected("the token refresh", "a device-flow answer")))
+            }
+            Err(error) => Err(RefreshError { error, spent: carries_tokens(response.body()) }),
         }
     }
 
@@ -433,6 +449,19 @@ impl fmt::Debug for UserTokens {
 
 const TEN_YEARS: u64 = 10 * 366 * 24 * 3600;
 
+/// A refresh that gave no usable pair, and whether GitHub spent the refresh token nonetheless.
+pub(crate) struct RefreshError {
+    pub(crate) error: Error,
+    pub(crate) spent: bool,
+}
+
+/// Whether an answer GitHub sent holds tokens (however unusable): then it issued them, and spent what was traded.
+fn carries_tokens(body: &[u8]) -> bool {
+    serde_json::from_slice::<TokenAnswer>(body).is_ok_and(|answer| {
+        answer.access_token.is_some_and(|t| !t.is_empty()) || answer.refresh_token.is_some_and(|t| !t.is_empty())
+    })
+}
+
 /// What the token endpoint said.
 enum Answer {
     Tokens(UserTokens),
@@ -497,9 +526,7 @@ fn read_answer(response: &Response<Bytes>, what: &str) -> Result<Answer, Error> 
             _ => malformed(status, what),
         });
     };
-    if !status.is_success() {
-        return Err(unexpected(what, &format!("status {status} with a token")));
-    }
+    // Tokens are tokens whatever the status: GitHub issued them (and spent what was traded for them).
     let now = SystemTime::now();
     let tokens = UserTokens {
         access_token,
@@ -511,7 +538,12 @@ fn read_answer(response: &Response<Bytes>, what: &str) -> Result<Answer, Error> 
     // A token that cannot be a header value is garbage, whatever else the answer says.
     tokens.authorization()?;
     if tokens.refresh_token.as_deref().is_some_and(|t| t.bytes().any(|b| !b.is_ascii_graphic())) {
-        return Err(malformed(status, what));
+        return Err(Error::build(
+            ErrorKind::MalformedResponse,
+            format!("{what}: the answer held a refresh token with characters GitHub never puts in one"),
+        )
+        .status(status)
+        .finish());
     }
     Ok(Answer::Tokens(tokens))
 }

@@ -1,19 +1,24 @@
 //! Rotation of a user's token pair through a [`UserTokenStore`], so that no holder (task, source, process) spends
 //! a refresh token another one spends, and no pair GitHub hands out is lost.
 //!
-//! The protocol, on the store's compare-and-swap alone:
-//! 1. Load the record. A pair that another holder rotated (or a sign-in wrote) since this source last used one,
-//!    and that is not due, is adopted: no refresh.
+//! The protocol, on the store's compare-and-swap alone (every store call bounded by `mint_timeout`):
+//! 1. Load the record. A pair whose access token differs from the one this source last handed out, with no lease
+//!    on it and not due, was rotated by another holder or signed in: it is adopted, no refresh.
 //! 2. Claim: swap in the same record with a lease (this attempt's id, an expiry). Losing the swap means someone
-//!    else moved first: load again. A live lease of another holder: wait for its result (bounded), then adopt it.
-//! 3. Spend the refresh token at GitHub.
+//!    else moved first: load again (bounded). A live lease of another holder: wait for its result (bounded), then
+//!    adopt it. A lease that would run out before the refresh could end is given back unspent.
+//! 3. Spend the refresh token at GitHub, in a task of its own: dropping the source or its refresher does not stop
+//!    a rotation between spending and saving.
 //! 4. Save: swap in the new pair (no lease). Only then is the new access token handed to requests.
 //!    - The save fails (store down): the pair stays in memory, the failure is reported (typed error, callback,
 //!      log), requests fail fast with it, and the save is retried with backoff before anything else.
 //!    - The save loses (the lease ran out and another holder took over): the new pair is written over whatever
-//!      that holder left (a refusal: the refresh token was already spent), unless a sign-in put a fresh pair there.
-//! 5. GitHub refuses the refresh token: the record is marked "re-authorization required", so every holder stops
-//!    spending it, and the callback fires once.
+//!      that holder left (a refusal: the refresh token was already spent), unless the user signed out meanwhile or
+//!      a sign-in put another pair there.
+//! 5. GitHub refuses the refresh token (or answers with tokens it spent but that cannot be used): the record is
+//!    marked "re-authorization required" (that write is kept and retried like a pair), so no holder presents it
+//!    again, and the callback fires once. A refusal because another holder already rotated it is not one: its
+//!    pair is adopted.
 //!
 //! A holder that crashes between 3 and 4 loses the pair: GitHub rotated, nobody saved. Nothing can prevent that
 //! except GitHub; the lease then runs out, the next holder spends the old refresh token, GitHub refuses it, and the
@@ -28,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::oauth::{OAuthApp, UserTokens};
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, scrub};
 use crate::installation::mint::MintClient;
 use crate::installation::token::TokenEntry;
 use crate::store::{UserTokenStore, Versioned};
@@ -137,6 +142,15 @@ impl Failure {
     }
 }
 
+/// A write GitHub's answer obliges this source to make before anything else.
+#[derive(Clone)]
+enum Pending {
+    /// A rotated pair, replacing version `replaces`; `spent` is the fingerprint of the refresh token traded for it.
+    Pair { tokens: UserTokens, spent: u64, replaces: Option<u64> },
+    /// A refusal mark on `record`, replacing version `replaces`.
+    Refusal { record: Record, spent: u64, replaces: Option<u64>, error: Error },
+}
+
 #[derive(Default)]
 pub(crate) struct RotationCounters {
     pub(crate) refreshes: AtomicU64,
@@ -146,7 +160,8 @@ pub(crate) struct RotationCounters {
     pub(crate) reauthorizations: AtomicU64,
 }
 
-pub(crate) struct Rotation {
+/// What a [`Rotation`] is built from.
+pub(crate) struct RotationConfig {
     pub(crate) oauth: OAuthApp,
     pub(crate) client: MintClient,
     pub(crate) store: Arc<dyn UserTokenStore>,
@@ -157,20 +172,26 @@ pub(crate) struct Rotation {
     pub(crate) refresh_before: Duration,
     pub(crate) on_reauthorization_required: Option<Callback>,
     pub(crate) on_store_error: Option<Callback>,
+}
+
+pub(crate) struct Rotation {
+    pub(crate) config: RotationConfig,
     /// This source's id in leases (each attempt adds a number).
     holder: String,
     attempts: AtomicU64,
-    /// One rotation at a time in this source, whichever refresher runs it.
-    running: tokio::sync::Mutex<()>,
-    /// The version of the pair this source last handed to requests.
+    /// Which attempt of this source may rotate, and until when (the real clock): one at a time, and an attempt
+    /// stuck on a runtime nobody drives holds the turn for one rotation budget at most.
+    turn: Mutex<Option<(u64, std::time::Instant)>>,
+    /// A fingerprint of the access token this source last handed out.
     known: Mutex<Option<u64>>,
-    /// A rotated pair GitHub gave that the store has not taken yet, and the version it replaces.
-    unsaved: Mutex<Option<(UserTokens, Option<u64>)>>,
-    /// A fingerprint of the refresh token GitHub refused last, so it is never presented again.
+    pending: Mutex<Option<Pending>>,
+    /// A fingerprint of the refresh token GitHub refused last (or of nothing, for an empty store), so it is never
+    /// presented again and reported once.
     refused: Mutex<Option<u64>>,
     pub(crate) counters: RotationCounters,
 }
 
+/// A fingerprint of a secret, for comparing tokens without keeping a second copy around.
 fn fingerprint(token: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -178,65 +199,112 @@ fn fingerprint(token: &str) -> u64 {
     hasher.finish()
 }
 
+/// The version after `version`.
+fn next(version: Option<u64>) -> Result<u64, Error> {
+    match version {
+        None => Ok(1),
+        Some(v) => v.checked_add(1).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Store,
+                "the stored user token record is at the last version there is: sign the user in again",
+            )
+        }),
+    }
+}
+
+/// Releases the turn when the attempt ends, however it ends.
+struct Turn<'a> {
+    rotation: &'a Rotation,
+    id: u64,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turn = self.rotation.turn.lock().unwrap_or_else(|e| e.into_inner());
+        if turn.is_some_and(|(id, _)| id == self.id) {
+            *turn = None;
+        }
+    }
+}
+
+/// How many claims a rotation may lose in a row before it backs off.
+const MAX_LOST_CLAIMS: u32 = 32;
+
 impl Rotation {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        oauth: OAuthApp,
-        client: MintClient,
-        store: Arc<dyn UserTokenStore>,
-        key: String,
-        lease: Duration,
-        user_agent: HeaderValue,
-        timeout: Duration,
-        refresh_before: Duration,
-        on_reauthorization_required: Option<Callback>,
-        on_store_error: Option<Callback>,
-    ) -> Self {
+    pub(crate) fn new(config: RotationConfig) -> Self {
         Rotation {
-            oauth,
-            client,
-            store,
-            key,
-            lease,
-            user_agent,
-            timeout,
-            refresh_before,
-            on_reauthorization_required,
-            on_store_error,
+            config,
             holder: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
             attempts: AtomicU64::new(0),
-            running: tokio::sync::Mutex::new(()),
+            turn: Mutex::new(None),
             known: Mutex::new(None),
-            unsaved: Mutex::new(None),
+            pending: Mutex::new(None),
             refused: Mutex::new(None),
             counters: RotationCounters::default(),
         }
     }
 
-    /// Whether a rotated pair waits to be saved.
-    pub(crate) fn has_unsaved(&self) -> bool {
-        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    pub(crate) fn key(&self) -> &str {
+        &self.config.key
     }
 
-    /// The longest one rotation may take: waiting out another holder's lease, then a refresh and two writes.
+    /// Whether a rotated pair waits to be saved.
+    pub(crate) fn has_unsaved(&self) -> bool {
+        matches!(*self.pending.lock().unwrap_or_else(|e| e.into_inner()), Some(Pending::Pair { .. }))
+    }
+
+    /// The longest one rotation may take: waiting out another holder's lease, then a refresh and a few writes.
     pub(crate) fn budget(&self) -> Duration {
-        self.lease.saturating_mul(2).saturating_add(self.timeout.saturating_mul(2)) + Duration::from_secs(1)
+        let c = &self.config;
+        c.lease.saturating_mul(2).saturating_add(c.timeout.saturating_mul(4)) + Duration::from_secs(1)
+    }
+
+    /// Waits for this source's turn to rotate.
+    async fn take_turn(&self) -> Turn<'_> {
+        let id = self.attempts.fetch_add(1, Ordering::Relaxed);
+        loop {
+            {
+                let mut turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+                let now = std::time::Instant::now();
+                if turn.is_none_or(|(_, until)| until <= now) {
+                    *turn = Some((id, now + self.budget()));
+                    return Turn { rotation: self, id };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A store call, bounded by `mint_timeout`.
+    async fn call<T>(&self, operation: crate::store::StoreFuture<'_, T>) -> Result<T, crate::BoxError> {
+        match tokio::time::timeout(self.config.timeout, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", self.config.timeout).into()),
+        }
+    }
+
+    async fn load(&self) -> Result<Option<Versioned>, crate::BoxError> {
+        self.call(self.config.store.load(&self.config.key)).await
+    }
+
+    async fn swap(&self, expected: Option<u64>, new: &Versioned) -> Result<bool, crate::BoxError> {
+        self.call(self.config.store.compare_and_swap(&self.config.key, expected, new)).await
     }
 
     /// A pair for requests: adopted from the store, or rotated. `withdraw` is called just before the refresh
     /// token is spent (its access token dies with it), so requests wait for the new one instead of carrying a
     /// dead one.
     pub(crate) async fn rotate(&self, withdraw: &(dyn Fn() + Send + Sync)) -> Result<Current, Failure> {
-        let _one = self.running.lock().await;
-        let unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some((tokens, replaces)) = unsaved {
-            return self.save(tokens, replaces).await;
+        let _turn = self.take_turn().await;
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(pending) = pending {
+            return self.finish(pending).await;
         }
-        let give_up = Instant::now() + self.lease * 2;
-        let mut waited = false;
+        let c = &self.config;
+        let give_up = Instant::now() + c.lease.saturating_mul(2);
+        let (mut waited, mut lost) = (false, 0u32);
         loop {
-            let stored =
-                self.store.load(&self.key).await.map_err(|e| Failure::alive(self.store_error("read", e, true)))?;
+            let stored = self.load().await.map_err(|e| Failure::alive(self.store_error("read", e, true)))?;
             let Some(stored) = stored else {
                 // Not signed in yet: nothing was lost, so no callback.
                 return Err(Failure::dead(Error::new(
@@ -244,7 +312,7 @@ impl Rotation {
                     format!(
                         "no user tokens are stored under the key {:?}: complete the web or device flow and sign the \
                          user in",
-                        crate::error::scrub(&self.key)
+                        scrub(&c.key)
                     ),
                 )));
             };
@@ -252,15 +320,12 @@ impl Rotation {
             let now = SystemTime::now();
             if let Some(why) = &record.reauthorize {
                 if why == SIGNED_OUT {
-                    return Err(Failure::dead(Error::new(
-                        ErrorKind::ReauthorizationRequired,
-                        format!("the user {:?} signed out: sign them in again", crate::error::scrub(&self.key)),
-                    )));
+                    return Err(Failure::dead(signed_out(&c.key)));
                 }
                 let why = why.clone();
                 return Err(Failure::dead(self.reauthorization_required(record.refresh_token.as_deref(), why)));
             }
-            // A live lease of another holder. One of this source's own is stale: its rotations run one at a time,
+            // A live lease of another holder. One of this source's own is stale: its attempts run one at a time,
             // so it is one a failed attempt could not give back (the store was failing).
             let mine = |lease: &Lease| lease.holder.split('#').next() == Some(self.holder.as_str());
             if let Some(lease) = record.lease.as_ref().filter(|lease| lease.until > ms(now) && !mine(lease)) {
@@ -273,28 +338,25 @@ impl Rotation {
                     return Err(Failure::alive(Error::new(
                         ErrorKind::Timeout,
                         format!(
-                            "another holder of the user's tokens has been rotating them for over {:?} (its lease \
-                             keeps being renewed); retrying",
-                            self.lease * 2
+                            "another holder of the tokens of {:?} has held their record for over {:?}; retrying",
+                            scrub(&c.key),
+                            c.lease.saturating_mul(2)
                         ),
                     )));
                 }
-                let left = Duration::from_millis(u64::try_from(lease.until - ms(now)).unwrap_or(0));
-                let _ = tokio::time::timeout(
-                    left.min(Duration::from_millis(250)),
-                    self.store.changed(&self.key, Some(stored.version)),
-                )
-                .await;
+                let left = Duration::from_millis(u64::try_from(lease.until.saturating_sub(ms(now))).unwrap_or(0));
+                let changed = c.store.changed(&c.key, Some(stored.version));
+                let _ = tokio::time::timeout(left.min(Duration::from_millis(250)), changed).await;
                 continue;
             }
+            let access = fingerprint(&record.access_token);
             let known = *self.known.lock().unwrap_or_else(|e| e.into_inner());
-            if known != Some(stored.version) && self.is_fresh(&record, now) {
+            if known != Some(access) && record.lease.is_none() && self.is_fresh(&record, now) {
                 // Rotated by another holder, or signed in: use it.
                 if known.is_some() {
                     self.counters.adopted.fetch_add(1, Ordering::Relaxed);
                 }
-                *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored.version);
-                return Ok(Current { tokens: record.tokens(), issued_at: at(record.issued_at) });
+                return Ok(self.adopt(&record));
             }
             let Some(refresh_token) = record.refresh_token.clone() else {
                 // Expiry turned off: the token lasts until revoked, and there is nothing to refresh.
@@ -304,70 +366,122 @@ impl Rotation {
                         "the user access token expired and there is no refresh token".into(),
                     )));
                 }
-                *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored.version);
-                return Ok(Current { tokens: record.tokens(), issued_at: at(record.issued_at) });
+                return Ok(self.adopt(&record));
             };
-            if self.refused.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|f| f == fingerprint(&refresh_token))
-            {
+            let spent = fingerprint(&refresh_token);
+            if *self.refused.lock().unwrap_or_else(|e| e.into_inner()) == Some(spent) {
                 // GitHub refused this one already (and marking the record failed): never present it again.
                 return Err(Failure::dead(
                     self.reauthorization_required(Some(&refresh_token), "GitHub refused the refresh token".into()),
                 ));
             }
+            let version = next(Some(stored.version)).map_err(Failure::alive)?;
             if record.refresh_token_expires_at.is_some_and(|e| e <= ms(now)) {
                 let error = self.reauthorization_required(Some(&refresh_token), "the refresh token expired".into());
                 let mut dead = record.clone();
                 dead.reauthorize = Some("the refresh token expired".into());
-                let _ = self
-                    .store
-                    .compare_and_swap(&self.key, Some(stored.version), &dead.encode(stored.version + 1))
-                    .await;
+                let _ = self.swap(Some(stored.version), &dead.encode(version)).await;
                 return Err(Failure::dead(error));
             }
 
             // Claim the refresh token for this attempt.
             let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
+            let until = ms(now + c.lease);
             let mut claimed = record.clone();
-            claimed.lease = Some(Lease { holder: format!("{}#{attempt}", self.holder), until: ms(now + self.lease) });
-            let claim = claimed.encode(stored.version + 1);
-            match self.store.compare_and_swap(&self.key, Some(stored.version), &claim).await {
+            claimed.lease = Some(Lease { holder: format!("{}#{attempt}", self.holder), until });
+            let claim = claimed.encode(version);
+            match self.swap(Some(stored.version), &claim).await {
                 Ok(true) => {}
-                Ok(false) => continue,
+                Ok(false) => {
+                    lost += 1;
+                    if lost >= MAX_LOST_CLAIMS {
+                        return Err(Failure::alive(Error::new(
+                            ErrorKind::Store,
+                            format!(
+                                "the record of {:?} changed under {lost} claims in a row (does the store's \
+                                 compare_and_swap answer false when it wrote?); retrying with backoff",
+                                scrub(&c.key)
+                            ),
+                        )));
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 Err(e) => return Err(Failure::alive(self.store_error("lease", e, true))),
             }
-
-            // Spend it. Its access token dies now: requests wait for the new one.
-            withdraw();
             let released = |mut record: Record| {
                 record.lease = None;
                 record
             };
-            match self.oauth.refresh(&self.client, &refresh_token, &self.user_agent, self.timeout).await {
+            let after_claim = next(Some(claim.version)).map_err(Failure::alive)?;
+            // The lease must outlast the refresh: a claim the store took long to answer is given back unspent.
+            let left = Duration::from_millis(u64::try_from(until.saturating_sub(ms(SystemTime::now()))).unwrap_or(0));
+            if left <= c.timeout {
+                let _ = self.swap(Some(claim.version), &released(record).encode(after_claim)).await;
+                return Err(Failure::alive(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the store took the lease on the tokens of {:?} with only {left:?} of it left, less than a \
+                         refresh may take ({:?}): not spending the refresh token; retrying",
+                        scrub(&c.key),
+                        c.timeout
+                    ),
+                )));
+            }
+
+            // Spend it. Its access token dies now: requests wait for the new one.
+            withdraw();
+            match c.oauth.refresh(&c.client, &refresh_token, &c.user_agent, c.timeout).await {
                 Ok(tokens) => {
                     self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
-                    return self.save(tokens, Some(claim.version)).await;
+                    return self.finish(Pending::Pair { tokens, spent, replaces: Some(claim.version) }).await;
                 }
-                Err(error) if error.kind() == ErrorKind::ReauthorizationRequired => {
-                    let mut dead = released(record);
-                    dead.reauthorize = Some(error.to_string());
-                    let _ = self
-                        .store
-                        .compare_and_swap(&self.key, Some(claim.version), &dead.encode(claim.version + 1))
-                        .await;
-                    return Err(Failure::dead(self.report_refusal(&refresh_token, error)));
+                Err(refused) if refused.spent || refused.error.kind() == ErrorKind::ReauthorizationRequired => {
+                    // Refused because another holder rotated it after all (our lease ran out on the way)? Then
+                    // the record holds that holder's pair.
+                    if let Ok(Some(current)) = self.load().await
+                        && let Ok(theirs) = Record::decode(&current)
+                        && theirs.reauthorize.is_none()
+                        && theirs.lease.is_none()
+                        && theirs.refresh_token.as_deref().is_some_and(|t| fingerprint(t) != spent)
+                    {
+                        return Ok(self.adopt(&theirs));
+                    }
+                    let error = if refused.error.kind() == ErrorKind::ReauthorizationRequired {
+                        refused.error
+                    } else {
+                        Error::build(
+                            ErrorKind::ReauthorizationRequired,
+                            format!(
+                                "GitHub rotated the tokens of {:?} but its answer could not be used ({}); the refresh \
+                                 token it spent cannot be presented again: the user must authorize the App again",
+                                scrub(&c.key),
+                                refused.error
+                            ),
+                        )
+                        .source(refused.error)
+                        .finish()
+                    };
+                    let mut mark = released(record);
+                    mark.reauthorize = Some(error.to_string());
+                    let pending = Pending::Refusal { record: mark, spent, replaces: Some(claim.version), error };
+                    return self.finish(pending).await;
                 }
-                Err(error) => {
+                Err(refused) => {
                     // Refused for another reason, or lost on the way: give the lease back and retry later with
                     // the same refresh token (if GitHub did rotate and the answer was lost, the retry is refused
                     // and the user must authorize again: nothing else can recover a pair lost in transit).
-                    let _ = self
-                        .store
-                        .compare_and_swap(&self.key, Some(claim.version), &released(record).encode(claim.version + 1))
-                        .await;
-                    return Err(Failure::alive(error));
+                    let _ = self.swap(Some(claim.version), &released(record).encode(after_claim)).await;
+                    return Err(Failure::alive(refused.error));
                 }
             }
         }
+    }
+
+    /// Hands out a stored pair.
+    fn adopt(&self, record: &Record) -> Current {
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint(&record.access_token));
+        Current { tokens: record.tokens(), issued_at: at(record.issued_at) }
     }
 
     /// Whether a stored pair can serve as it is (not due for a refresh).
@@ -375,79 +489,126 @@ impl Rotation {
         let Some(expires_at) = record.expires_at else {
             return true;
         };
-        let lifetime = Duration::from_millis(u64::try_from(expires_at - record.issued_at).unwrap_or(0));
-        let left = Duration::from_millis(u64::try_from(expires_at - ms(now)).unwrap_or(0));
-        left > self.refresh_before.min(lifetime / 3).mul_f64(1.2)
+        let lifetime = Duration::from_millis(u64::try_from(expires_at.saturating_sub(record.issued_at)).unwrap_or(0));
+        let left = Duration::from_millis(u64::try_from(expires_at.saturating_sub(ms(now))).unwrap_or(0));
+        left > self.config.refresh_before.min(lifetime / 3).mul_f64(1.2)
     }
 
-    /// Saves a pair GitHub rotated, replacing version `replaces`. Until it is saved, it stays in memory and every
-    /// rotation starts by saving it.
-    async fn save(&self, tokens: UserTokens, replaces: Option<u64>) -> Result<Current, Failure> {
-        let issued_at = SystemTime::now();
-        let record = Record::new(&tokens, issued_at);
-        let mut expected = replaces;
+    /// Makes the write GitHub's answer obliges: saves a rotated pair (then hands it out), or marks a refusal. Until
+    /// it is written it stays in memory, and every rotation of this source starts with it.
+    async fn finish(&self, pending: Pending) -> Result<Current, Failure> {
+        let (mut replaces, spent) = match &pending {
+            Pending::Pair { replaces, spent, .. } | Pending::Refusal { replaces, spent, .. } => (*replaces, *spent),
+        };
+        let (record, issued_at) = match &pending {
+            Pending::Pair { tokens, .. } => {
+                let issued_at = SystemTime::now();
+                (Record::new(tokens, issued_at), issued_at)
+            }
+            Pending::Refusal { record, .. } => (record.clone(), SystemTime::now()),
+        };
+        let keep = |replaces: Option<u64>| {
+            let mut kept = pending.clone();
+            match &mut kept {
+                Pending::Pair { replaces: r, .. } | Pending::Refusal { replaces: r, .. } => *r = replaces,
+            }
+            *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+        };
+        let done = || self.pending.lock().unwrap_or_else(|e| e.into_inner()).take().is_some();
         for _ in 0..4 {
-            let new = record.encode(expected.map_or(1, |v| v + 1));
-            match self.store.compare_and_swap(&self.key, expected, &new).await {
+            let new = record.encode(next(replaces).map_err(Failure::alive)?);
+            match self.swap(replaces, &new).await {
                 Ok(true) => {
-                    let was_unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).take().is_some();
-                    if was_unsaved {
-                        tracing::warn!(key = %crate::error::scrub(&self.key), "the rotated user token pair is saved now");
+                    if done() {
+                        tracing::warn!(key = %scrub(&self.config.key), "the user token record is saved now");
                     }
-                    *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(new.version);
-                    return Ok(Current { tokens, issued_at });
+                    return match pending {
+                        Pending::Pair { tokens, .. } => {
+                            *self.known.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(fingerprint(&tokens.access_token));
+                            Ok(Current { tokens, issued_at })
+                        }
+                        Pending::Refusal { error, .. } => Err(Failure::dead(self.report(Some(spent), error))),
+                    };
                 }
                 Ok(false) => {
                     // The record changed under the lease: it ran out and another holder took over (GitHub refused
-                    // it the spent refresh token), or a sign-in wrote a fresh pair.
-                    let current = match self.store.load(&self.key).await {
+                    // it the spent refresh token), the user signed out, or a sign-in wrote another pair.
+                    let current = match self.load().await {
                         Ok(current) => current,
-                        Err(e) => return Err(self.unsaved(tokens, expected, "read", e)),
+                        Err(e) => return Err(self.unwritten(&pending, replaces, "read", e, &keep)),
                     };
-                    if let Some(current) = &current
-                        && let Ok(theirs) = Record::decode(current)
-                        && theirs.reauthorize.is_none()
-                        && theirs.lease.is_none()
-                        && theirs.refresh_token != tokens.refresh_token
-                        && self.is_fresh(&theirs, SystemTime::now())
-                        && theirs.issued_at > record.issued_at - self.lease.as_millis() as i64 * 2
-                    {
-                        tracing::warn!(
-                            key = %crate::error::scrub(&self.key),
-                            "a sign-in replaced the user's tokens during a rotation; using the signed-in pair"
-                        );
-                        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).take();
-                        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(current.version);
-                        return Ok(Current { tokens: theirs.tokens(), issued_at: at(theirs.issued_at) });
+                    let theirs = current.as_ref().and_then(|c| Record::decode(c).ok());
+                    if let Some(theirs) = &theirs {
+                        if theirs.reauthorize.as_deref() == Some(SIGNED_OUT) {
+                            done();
+                            return Err(Failure::dead(signed_out(&self.config.key)));
+                        }
+                        let another_pair = theirs.reauthorize.is_none()
+                            && theirs.lease.is_none()
+                            && theirs.refresh_token.as_deref().is_none_or(|t| fingerprint(t) != spent);
+                        if another_pair {
+                            tracing::warn!(
+                                key = %scrub(&self.config.key),
+                                "the user's tokens were signed in again during a rotation; using the signed-in pair"
+                            );
+                            done();
+                            return Ok(self.adopt(theirs));
+                        }
                     }
-                    expected = current.map(|c| c.version);
+                    replaces = current.map(|c| c.version);
                 }
-                Err(e) => return Err(self.unsaved(tokens, expected, "write", e)),
+                Err(e) => return Err(self.unwritten(&pending, replaces, "write", e, &keep)),
             }
         }
-        Err(self.unsaved(tokens, expected, "write", "the record kept changing under the rotation".into()))
+        keep(replaces);
+        Err(Failure::dead(Error::new(
+            ErrorKind::Store,
+            format!("the record of {:?} kept changing while a rotation saved it; retrying", scrub(&self.config.key)),
+        )))
     }
 
-    /// Keeps a pair the store did not take, and says so loudly.
-    fn unsaved(&self, tokens: UserTokens, replaces: Option<u64>, what: &str, error: crate::BoxError) -> Failure {
-        *self.unsaved.lock().unwrap_or_else(|e| e.into_inner()) = Some((tokens, replaces));
-        let error = Error::build(
-            ErrorKind::Store,
-            format!(
-                "GitHub rotated the tokens of {:?} but the store failed to {what} them ({}): the new pair is kept \
-                 in memory and saved as soon as the store takes it (requests fail until then; do not stop the process)",
-                crate::error::scrub(&self.key),
-                crate::error::scrub(&error.to_string()),
+    /// Keeps a write the store did not take, and says so loudly.
+    fn unwritten(
+        &self,
+        pending: &Pending,
+        replaces: Option<u64>,
+        what: &str,
+        error: crate::BoxError,
+        keep: &dyn Fn(Option<u64>),
+    ) -> Failure {
+        keep(replaces);
+        self.counters.store_failures.fetch_add(1, Ordering::Relaxed);
+        let key = scrub(&self.config.key);
+        let error = match pending {
+            Pending::Pair { .. } => Error::build(
+                ErrorKind::Store,
+                format!(
+                    "GitHub rotated the tokens of {key:?} but the store failed to {what} them ({}): the new pair is \
+                     kept in memory and saved as soon as the store takes it (requests fail until then; do not stop \
+                     the process)",
+                    scrub(&error.to_string()),
+                ),
             ),
-        )
+            Pending::Refusal { .. } => Error::build(
+                ErrorKind::ReauthorizationRequired,
+                format!(
+                    "GitHub refused the refresh token of {key:?} and the store failed to {what} the record ({}); \
+                     the user must authorize the App again",
+                    scrub(&error.to_string()),
+                ),
+            ),
+        }
         .source(error)
         .finish();
-        self.counters.store_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(key = %crate::error::scrub(&self.key), %error, "user token pair not saved");
-        if let Some(callback) = &self.on_store_error {
+        tracing::error!(key = %key, %error, "user token record not written");
+        if let Some(callback) = &self.config.on_store_error {
             callback(&error);
         }
-        Failure::dead(error)
+        match pending {
+            Pending::Pair { .. } => Failure::dead(error),
+            Pending::Refusal { spent, .. } => Failure::dead(self.report(Some(*spent), error)),
+        }
     }
 
     fn store_error(&self, what: &str, error: crate::BoxError, retrying: bool) -> Error {
@@ -455,36 +616,31 @@ impl Rotation {
             ErrorKind::Store,
             format!(
                 "the user token store failed to {what} the record of {:?} ({}){}",
-                crate::error::scrub(&self.key),
-                crate::error::scrub(&error.to_string()),
+                scrub(&self.config.key),
+                scrub(&error.to_string()),
                 if retrying { "; retrying with backoff" } else { "" }
             ),
         )
         .source(error)
         .finish();
         self.counters.store_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(key = %crate::error::scrub(&self.key), %error, "user token store failed");
-        if let Some(callback) = &self.on_store_error {
+        tracing::warn!(key = %scrub(&self.config.key), %error, "user token store failed");
+        if let Some(callback) = &self.config.on_store_error {
             callback(&error);
         }
         error
     }
 
-    fn report_refusal(&self, refresh_token: &str, error: Error) -> Error {
-        self.report(Some(refresh_token), error)
-    }
-
-    /// The re-authorization error for `why`, reported once per refresh token (once for "no tokens").
+    /// The re-authorization error for `why`, reported once per refresh token.
     fn reauthorization_required(&self, refresh_token: Option<&str>, why: String) -> Error {
-        let error = Error::new(
-            ErrorKind::ReauthorizationRequired,
-            if why.contains("authorize") { why } else { format!("{why}: the user must authorize the App again") },
-        );
-        self.report(refresh_token, error)
+        let message =
+            if why.contains("authorize") { why } else { format!("{why}: the user must authorize the App again") };
+        self.report(refresh_token.map(fingerprint), Error::new(ErrorKind::ReauthorizationRequired, message))
     }
 
-    fn report(&self, refresh_token: Option<&str>, error: Error) -> Error {
-        let print = refresh_token.map_or(0, fingerprint);
+    /// Fires the callback for `error` unless it was fired for this refresh token already.
+    fn report(&self, refresh_token: Option<u64>, error: Error) -> Error {
+        let print = refresh_token.unwrap_or(0);
         let first = {
             let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
             let first = *refused != Some(print);
@@ -493,19 +649,17 @@ impl Rotation {
         };
         if first {
             self.counters.reauthorizations.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(key = %crate::error::scrub(&self.key), %error, "the user must authorize the App again");
-            if let Some(callback) = &self.on_reauthorization_required {
+            tracing::error!(key = %scrub(&self.config.key), %error, "the user must authorize the App again");
+            if let Some(callback) = &self.config.on_reauthorization_required {
                 callback(&error);
             }
         }
         error
     }
 
-    /// Writes a signed-in pair over whatever the store holds; clears a refusal.
+    /// Writes a signed-in pair over whatever the store holds; clears a refusal and any write still pending.
     pub(crate) async fn sign_in(&self, tokens: &UserTokens) -> Result<(), Error> {
-        let record = Record::new(tokens, SystemTime::now());
-        self.overwrite(&record, "sign-in").await?;
-        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.overwrite(&Record::new(tokens, SystemTime::now()), "sign-in").await?;
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
@@ -521,36 +675,38 @@ impl Rotation {
             lease: None,
             reauthorize: Some(SIGNED_OUT.into()),
         };
-        self.overwrite(&out, "sign-out").await?;
-        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).take();
-        Ok(())
+        self.overwrite(&out, "sign-out").await
     }
 
     /// Whether the store holds a pair not known to need re-authorization.
     pub(crate) async fn is_signed_in(&self) -> Result<bool, Error> {
-        let stored = self.store.load(&self.key).await.map_err(|e| self.store_error("read", e, false))?;
+        let stored = self.load().await.map_err(|e| self.store_error("read", e, false))?;
         Ok(match stored {
             Some(stored) => Record::decode(&stored)?.reauthorize.is_none(),
             None => false,
         })
     }
 
-    /// Replaces the record, whatever its version, once the rotation under way in this source (if any) ended.
+    /// Replaces the record, whatever its version. It does not wait for a rotation under way: a rotation that
+    /// loses its save to it adopts what it wrote, or stops if it was a sign-out.
     async fn overwrite(&self, record: &Record, what: &str) -> Result<(), Error> {
-        let _one = self.running.lock().await;
         for _ in 0..8 {
-            let current = self.store.load(&self.key).await.map_err(|e| self.store_error("read", e, false))?;
+            let current = self.load().await.map_err(|e| self.store_error("read", e, false))?;
             let expected = current.as_ref().map(|c| c.version);
-            let next = record.encode(expected.map_or(1, |v| v + 1));
-            let swapped = self
-                .store
-                .compare_and_swap(&self.key, expected, &next)
-                .await
-                .map_err(|e| self.store_error("write", e, false))?;
+            // A record at the last version there is starts over (compare-and-swap still guards the write).
+            let version = next(expected).unwrap_or(1);
+            let swapped =
+                self.swap(expected, &record.encode(version)).await.map_err(|e| self.store_error("write", e, false))?;
             if swapped {
+                self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
                 return Ok(());
             }
+            tokio::task::yield_now().await;
         }
         Err(Error::new(ErrorKind::Store, format!("the user token record kept changing during the {what}; try again")))
     }
+}
+
+fn signed_out(key: &str) -> Error {
+    Error::new(ErrorKind::ReauthorizationRequired, format!("the user {:?} signed out: sign them in again", scrub(key)))
 }
