@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --release --example inject --features test-util
 for shape in plain realistic; do
-  for variant in ${VARIANTS:-bare set_request_header installation_auth app_auth retry_auth retry_app_auth hand_rolled}; do
+  for variant in ${VARIANTS:-bare set_request_header installation_auth app_auth user_auth retry_auth retry_app_auth hand_rolled}; do
     count() {
       valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/inject "$variant" "$shape" "$1" 2>&1 \
         | sed -n 's/.*I\s*refs:\s*//p' | tr -d ','

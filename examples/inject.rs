@@ -7,7 +7,7 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/inject installation_auth realistic 100000
 //! ```
 //!
-//! Variants: `bare`, `set_request_header`, `installation_auth`, `app_auth` (the pool), `retry_auth`,
+//! Variants: `bare`, `set_request_header`, `installation_auth`, `app_auth` (the pool), `user_auth`, `retry_auth`,
 //! `retry_app_auth`, `hand_rolled`; shapes: `plain`
 //! (a URI only) and `realistic` (with `accept` and `user-agent`, as GitHub requires). Per-request counts are the
 //! difference between runs with 200,000 and 100,000 requests, divided by 100,000 (setup cancels out);

@@ -14,7 +14,10 @@ use http_body_util::Full;
 use tower::retry::{Retry, RetryLayer};
 use tower::{Layer, Service};
 use tower_github_app::testing::FakeGitHub;
-use tower_github_app::{AppAuthLayer, Installation, InstallationAuthLayer, InstallationPool, RetryOn401Policy};
+use tower_github_app::user::UserToken;
+use tower_github_app::{
+    AppAuthLayer, Installation, InstallationAuthLayer, InstallationPool, RetryOn401Policy, UserAuthLayer,
+};
 
 /// The request body every variant takes: what hyper-util clients are usually built with.
 pub type Body = Full<Bytes>;
@@ -142,12 +145,14 @@ pub struct Setup {
     pub github: FakeGitHub,
     pub installation: Installation,
     pub pool: InstallationPool,
+    /// A signed-in user's token source, its token proven the same way.
+    pub user: UserToken,
     pub uri: Uri,
 }
 
 pub fn setup() -> Setup {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let (github, installation, pool, url) = runtime.block_on(async {
+    let (github, installation, pool, user, url) = runtime.block_on(async {
         let github = FakeGitHub::start().await;
         let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
             .api_base(&github.api_base())
@@ -164,15 +169,34 @@ pub fn setup() -> Setup {
         let request = Request::get(&url).body(Body::default()).unwrap();
         let response = tower::ServiceExt::ready(&mut service).await.unwrap().call(request).await.unwrap();
         assert_eq!(response.status(), 200);
-        (github, installation, pool, url)
+        let store = tower_github_app::store::MemoryStore::new();
+        let user = UserToken::builder(github.oauth_app(), store, "mona")
+            .api_base(&github.api_base())
+            .build(github.client())
+            .unwrap();
+        let code = github.authorization_code("mona");
+        user.sign_in(github.oauth_app().exchange_code(github.client(), &code, None).await.unwrap()).await.unwrap();
+        let mut service = UserAuthLayer::new(user.clone()).layer(github.client());
+        let request = Request::get(format!("{}/user", github.api_base())).body(Body::default()).unwrap();
+        let response = tower::ServiceExt::ready(&mut service).await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        (github, installation, pool, user, url)
     });
     let uri: Uri = url.parse().unwrap();
-    Setup { runtime, github, installation, pool, uri }
+    Setup { runtime, github, installation, pool, user, uri }
 }
 
 /// The variants of benchmark 1, by name.
-pub const VARIANTS: [&str; 7] =
-    ["bare", "set_request_header", "installation_auth", "app_auth", "retry_auth", "retry_app_auth", "hand_rolled"];
+pub const VARIANTS: [&str; 8] = [
+    "bare",
+    "set_request_header",
+    "installation_auth",
+    "app_auth",
+    "user_auth",
+    "retry_auth",
+    "retry_app_auth",
+    "hand_rolled",
+];
 
 /// `SetRequestHeader` with a constant value: the floor for stamping a header.
 pub fn set_request_header(token: &str) -> tower_http::set_header::SetRequestHeader<Bare, HeaderValue> {
@@ -194,6 +218,11 @@ pub fn retry_auth(installation: &Installation) -> Retry<RetryOn401Policy, tower_
 /// `AppAuth` (the pool's layer) over the bare service; the installation is read from the path.
 pub fn app_auth(pool: &InstallationPool) -> tower_github_app::AppAuth<Bare> {
     AppAuthLayer::new(pool.clone()).layer(Bare)
+}
+
+/// `UserAuth` (a user's token source) over the bare service.
+pub fn user_auth(user: &UserToken) -> tower_github_app::UserAuth<Bare> {
+    UserAuthLayer::new(user.clone()).layer(Bare)
 }
 
 /// `Retry<RetryOn401Policy>` over `AppAuth`.
@@ -228,6 +257,10 @@ macro_rules! with_variant {
             }
             "retry_app_auth" => {
                 let $service = support::retry_app_auth(&$setup.pool);
+                $body
+            }
+            "user_auth" => {
+                let $service = support::user_auth(&$setup.user);
                 $body
             }
             "hand_rolled" => {

@@ -2,7 +2,7 @@
 //! the background and refresh tokens (`ghr_…`, single use) that are never spent twice and never lost.
 //!
 //! Owns: the OAuth side on the web origin ([`OAuthApp`]: web-flow code exchange, device flow, refresh grant), the
-//! pair ([`UserTokens`]), the rotation protocol over a [`UserTokenStore`](crate::store::UserTokenStore)
+//! pair ([`UserTokens`]), the rotation protocol over a [`UserTokenStore`]
 //! (`rotation`: lease, spend, save, adopt), and the token source [`UserToken`], which keeps the current access
 //! token in the same `ArcSwap` and refresher as an [`Installation`](crate::Installation) and is stamped by
 //! [`UserAuthLayer`](crate::UserAuthLayer).
