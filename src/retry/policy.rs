@@ -64,9 +64,14 @@ struct Attempt {
     /// The fresh token whose replication lag this request waited on: it waits out one token's lag at most.
     lag_token: Option<u64>,
     invalidated: bool,
+    /// The serial of the last user token refused for this request.
+    user_token: Option<u64>,
     clock_corrected: bool,
     retried_after_proof: bool,
 }
+
+/// How many times one request is retried for refused user tokens, each time on a newer token.
+const MAX_USER_TOKEN_RETRIES: u32 = 3;
 
 /// Put into a response's extensions when [`RetryOn401Policy`] declined to retry a credential refusal it would
 /// otherwise have retried. Also logged as a `WARN` event. Contains no secret.
@@ -251,16 +256,20 @@ impl<C> RetryOn401Policy<C> {
 
     /// A user token refused: most often one whose refresh token was spent meanwhile (by this source or another
     /// holder of the user's tokens), which killed it. The source drops it if it is still current and rotates or
-    /// adopts the stored pair once; the request is retried once with whatever is current then.
+    /// adopts the stored pair once; the request is retried with whatever is current then. Once per token: a
+    /// retry refused on the same token, or on an older one, is not retried; one refused on a newer token (rotated
+    /// again meanwhile by another holder) is, up to three times in all.
     fn on_user_token<B>(&mut self, response: &mut Response<B>, used: InstallationTokenUsed) -> Option<RetryFuture> {
         if response.status() != StatusCode::UNAUTHORIZED {
             return None;
         }
         self.attempt.refused_at.get_or_insert_with(Instant::now);
-        if self.attempt.invalidated {
+        let newer = self.attempt.user_token.is_none_or(|before| used.serial() > before);
+        if !newer || self.attempt.retries >= MAX_USER_TOKEN_RETRIES {
             self.give_up(response, "user token refused after a refresh");
             return None;
         }
+        self.attempt.user_token = Some(used.serial());
         self.attempt.invalidated = true;
         used.invalidate();
         if !self.withdraw() {

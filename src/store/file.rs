@@ -64,6 +64,7 @@ impl FileStore {
                 ));
             }
         }
+        owned_by_us(dir)?;
         sweep(dir);
         Ok(FileStore { dir: Arc::new(dir.to_owned()) })
     }
@@ -85,6 +86,39 @@ impl FileStore {
         }
         Ok((self.dir.join(format!("{name}.json")), self.dir.join(format!("{name}.lock"))))
     }
+}
+
+/// Refuses a directory another user owns: they could replace the records. (A file created there is ours; the
+/// directory must be too.)
+fn owned_by_us(dir: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let probe = dir.join(format!(".owner-probe-{}-{}", std::process::id(), fastrand::u64(..)));
+        let created = options().create_new(true).write(true).open(&probe).and_then(|f| f.metadata());
+        let _ = fs::remove_file(&probe);
+        let refused = |why: String| Err(Error::new(ErrorKind::InvalidConfig, why));
+        match (created, fs::metadata(dir)) {
+            (Ok(ours), Ok(theirs)) if ours.uid() != theirs.uid() => {
+                return refused(format!(
+                    "the token store directory {} belongs to another user (uid {}): use a directory of your own",
+                    dir.display(),
+                    theirs.uid()
+                ));
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(Error::build(
+                    ErrorKind::Store,
+                    format!("the token store directory {} cannot be written: check its permissions", dir.display()),
+                )
+                .source(e)
+                .finish());
+            }
+            _ => {}
+        }
+    }
+    let _ = dir;
+    Ok(())
 }
 
 /// Removes temporary files that writers which died mid-write left behind (older than ten minutes: a live
@@ -111,6 +145,9 @@ impl fmt::Debug for FileStore {
         f.debug_struct("FileStore").field("dir", &self.dir).finish()
     }
 }
+
+/// The longest a swap waits for another process to release a key's lock (a swap holds it for milliseconds).
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The largest record file read: a record is well under 1 KiB.
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
@@ -169,7 +206,24 @@ fn options() -> OpenOptions {
 fn swap(path: &Path, lock_path: &Path, expected: Option<u64>, new: &Versioned) -> io::Result<bool> {
     plain_file(lock_path)?;
     let lock = options().create(true).truncate(false).write(true).open(lock_path)?;
-    lock.lock()?;
+    // Polled rather than awaited, so a lock another process never releases costs this thread a bounded wait, not
+    // a blocking thread for good.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} stayed locked by another process for {LOCK_PATIENCE:?}", lock_path.display()),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
     let current = read(path)?.map(|r| r.version);
     if current != expected {
         return Ok(false);

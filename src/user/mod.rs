@@ -226,14 +226,16 @@ pub struct UserTokenBuilder {
 impl UserTokenBuilder {
     /// Replace a token when about this much of its life remains: 30 minutes (of GitHub's 8 hours).
     pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(30 * 60);
-    /// How long a rotation may hold the record before another holder may take over: 60 s.
-    pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+    /// How long a rotation may hold the record before another holder may take over: 2 minutes (four times the
+    /// default `mint_timeout`).
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
 
     settings_methods!();
 
-    /// How long a rotation holds the user's record against other holders (default 60 s): longer than
-    /// `mint_timeout` (30 s by default, which bounds the refresh request), at most an hour. A holder that dies
-    /// mid-rotation blocks the others this long.
+    /// How long a rotation holds the user's record against other holders (default 2 minutes): longer than twice
+    /// `mint_timeout` (30 s by default, which bounds the store calls; the refresh request may take what is left of
+    /// the lease after a save's share), at most an hour. A holder that dies mid-rotation blocks the others this
+    /// long.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -274,12 +276,12 @@ impl UserTokenBuilder {
                 "the user's store key is empty: use the user's login or id",
             ));
         }
-        if self.lease <= checked.timeout || self.lease > Duration::from_secs(3600) {
+        if self.lease <= checked.timeout.saturating_mul(2) || self.lease > rotation::MAX_LEASE {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!(
-                    "the lease ({:?}) must be longer than mint_timeout ({:?}), which bounds the refresh it covers, and \
-                     at most an hour (default 60 s)",
+                    "the lease ({:?}) must be longer than twice mint_timeout ({:?}), which bounds the refresh and the \
+                     save it covers, and at most an hour (default 2 minutes)",
                     self.lease, checked.timeout
                 ),
             ));

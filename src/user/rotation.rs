@@ -184,6 +184,12 @@ pub(crate) struct Rotation {
     turn: Mutex<Option<(u64, std::time::Instant)>>,
     /// A fingerprint of the access token this source last handed out.
     known: Mutex<Option<u64>>,
+    /// Attempts of this source that claimed the record and have not settled (released it, or kept GitHub's answer
+    /// in `pending`). Their leases are live like another holder's: an attempt that was dropped or panicked
+    /// mid-refresh may have spent the refresh token.
+    unsettled: Mutex<std::collections::HashSet<u64>>,
+    /// Bumped by every sign-in and sign-out: a rotation that ran across one is not handed out.
+    epoch: AtomicU64,
     pending: Mutex<Option<Pending>>,
     /// A fingerprint of the refresh token GitHub refused last (or of nothing, for an empty store), so it is never
     /// presented again and reported once.
@@ -230,6 +236,25 @@ impl Drop for Turn<'_> {
 /// How many claims a rotation may lose in a row before it backs off.
 const MAX_LOST_CLAIMS: u32 = 32;
 
+/// The longest lease a builder accepts; a lease dated further ahead is void.
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(3600);
+
+/// Turns a panic of the future it polls (a user's store) into an error.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| std::pin::Pin::new(inner).poll(cx))) {
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}
+
 impl Rotation {
     pub(crate) fn new(config: RotationConfig) -> Self {
         Rotation {
@@ -238,6 +263,8 @@ impl Rotation {
             attempts: AtomicU64::new(0),
             turn: Mutex::new(None),
             known: Mutex::new(None),
+            unsettled: Mutex::new(Default::default()),
+            epoch: AtomicU64::new(0),
             pending: Mutex::new(None),
             refused: Mutex::new(None),
             counters: RotationCounters::default(),
@@ -277,10 +304,16 @@ impl Rotation {
 
     /// A store call, bounded by `mint_timeout`.
     async fn call<T>(&self, operation: crate::store::StoreFuture<'_, T>) -> Result<T, crate::BoxError> {
-        match tokio::time::timeout(self.config.timeout, operation).await {
-            Ok(result) => result,
+        match tokio::time::timeout(self.config.timeout, CatchUnwind(operation)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(())) => Err("the store panicked".into()),
             Err(_) => Err(format!("no answer within {:?}", self.config.timeout).into()),
         }
+    }
+
+    /// The current sign-in epoch (see [`Rotation::epoch`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     async fn load(&self) -> Result<Option<Versioned>, crate::BoxError> {
@@ -322,13 +355,24 @@ impl Rotation {
                 if why == SIGNED_OUT {
                     return Err(Failure::dead(signed_out(&c.key)));
                 }
-                let why = why.clone();
+                let why = scrub(why);
                 return Err(Failure::dead(self.reauthorization_required(record.refresh_token.as_deref(), why)));
             }
             // A live lease of another holder. One of this source's own is stale: its attempts run one at a time,
             // so it is one a failed attempt could not give back (the store was failing).
-            let mine = |lease: &Lease| lease.holder.split('#').next() == Some(self.holder.as_str());
-            if let Some(lease) = record.lease.as_ref().filter(|lease| lease.until > ms(now) && !mine(lease)) {
+            let mine = |lease: &Lease| {
+                let (holder, attempt) = lease.holder.split_once('#').unwrap_or_default();
+                let unsettled = || {
+                    let attempt = attempt.parse::<u64>().unwrap_or(u64::MAX);
+                    self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).contains(&attempt)
+                };
+                holder == self.holder && !unsettled()
+            };
+            // A lease dated further ahead than any lease can be was written by a clock that is wrong: void.
+            let plausible = |lease: &Lease| lease.until <= ms(now + MAX_LEASE);
+            if let Some(lease) =
+                record.lease.as_ref().filter(|lease| lease.until > ms(now) && plausible(lease) && !mine(lease))
+            {
                 // Another holder is spending the refresh token: its result is what this source will use.
                 if !waited {
                     waited = true;
@@ -409,20 +453,24 @@ impl Rotation {
                 }
                 Err(e) => return Err(Failure::alive(self.store_error("lease", e, true))),
             }
+            self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).insert(attempt);
+            let settled = || self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).remove(&attempt);
             let released = |mut record: Record| {
                 record.lease = None;
                 record
             };
             let after_claim = next(Some(claim.version)).map_err(Failure::alive)?;
-            // The lease must outlast the refresh: a claim the store took long to answer is given back unspent.
+            // The lease must outlast the refresh and the save: a claim the store took long to answer is given back
+            // unspent.
             let left = Duration::from_millis(u64::try_from(until.saturating_sub(ms(SystemTime::now()))).unwrap_or(0));
-            if left <= c.timeout {
+            if left <= c.timeout.saturating_mul(2) {
                 let _ = self.swap(Some(claim.version), &released(record).encode(after_claim)).await;
+                settled();
                 return Err(Failure::alive(Error::new(
                     ErrorKind::Timeout,
                     format!(
                         "the store took the lease on the tokens of {:?} with only {left:?} of it left, less than a \
-                         refresh may take ({:?}): not spending the refresh token; retrying",
+                         refresh and a save may take (2 x {:?}): not spending the refresh token; retrying",
                         scrub(&c.key),
                         c.timeout
                     ),
@@ -430,11 +478,19 @@ impl Rotation {
             }
 
             // Spend it. Its access token dies now: requests wait for the new one.
+            // Its answer is awaited as long as the lease allows (less the save's share): an answer abandoned after
+            // GitHub rotated would be a pair lost.
             withdraw();
-            match c.oauth.refresh(&c.client, &refresh_token, &c.user_agent, c.timeout).await {
+            let patience = left.saturating_sub(c.timeout);
+            match c.oauth.refresh(&c.client, &refresh_token, &c.user_agent, patience).await {
                 Ok(tokens) => {
                     self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
-                    return self.finish(Pending::Pair { tokens, spent, replaces: Some(claim.version) }).await;
+                    let pending = Pending::Pair { tokens, spent, replaces: Some(claim.version) };
+                    // Kept before it is written: a store that panics, or a runtime that drops this task, leaves it
+                    // for the next rotation to save.
+                    *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending.clone());
+                    settled();
+                    return self.finish(pending).await;
                 }
                 Err(refused) if refused.spent || refused.error.kind() == ErrorKind::ReauthorizationRequired => {
                     // Refused because another holder rotated it after all (our lease ran out on the way)? Then
@@ -445,6 +501,7 @@ impl Rotation {
                         && theirs.lease.is_none()
                         && theirs.refresh_token.as_deref().is_some_and(|t| fingerprint(t) != spent)
                     {
+                        settled();
                         return Ok(self.adopt(&theirs));
                     }
                     let error = if refused.error.kind() == ErrorKind::ReauthorizationRequired {
@@ -465,6 +522,8 @@ impl Rotation {
                     let mut mark = released(record);
                     mark.reauthorize = Some(error.to_string());
                     let pending = Pending::Refusal { record: mark, spent, replaces: Some(claim.version), error };
+                    *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending.clone());
+                    settled();
                     return self.finish(pending).await;
                 }
                 Err(refused) => {
@@ -472,7 +531,14 @@ impl Rotation {
                     // the same refresh token (if GitHub did rotate and the answer was lost, the retry is refused
                     // and the user must authorize again: nothing else can recover a pair lost in transit).
                     let _ = self.swap(Some(claim.version), &released(record).encode(after_claim)).await;
-                    return Err(Failure::alive(refused.error));
+                    settled();
+                    // An answer that never came may mean a spent token (and a dead access token): not restored.
+                    let lost_in_transit = matches!(refused.error.kind(), ErrorKind::Timeout | ErrorKind::Transport);
+                    return Err(if lost_in_transit {
+                        Failure::dead(refused.error)
+                    } else {
+                        Failure::alive(refused.error)
+                    });
                 }
             }
         }
@@ -544,16 +610,32 @@ impl Rotation {
                             done();
                             return Err(Failure::dead(signed_out(&self.config.key)));
                         }
-                        let another_pair = theirs.reauthorize.is_none()
-                            && theirs.lease.is_none()
-                            && theirs.refresh_token.as_deref().is_none_or(|t| fingerprint(t) != spent);
-                        if another_pair {
-                            tracing::warn!(
-                                key = %scrub(&self.config.key),
-                                "the user's tokens were signed in again during a rotation; using the signed-in pair"
-                            );
+                        // Ours to overwrite: what a holder that took over our lease left of our refresh token (a
+                        // refusal of it, or its claim), or, for a pair, any refusal (a live pair beats a mark).
+                        // Anything else is another pair, signed in meanwhile (and perhaps being rotated by its
+                        // holder): ours gives way to it.
+                        let ours = theirs.refresh_token.as_deref().is_some_and(|t| fingerprint(t) == spent);
+                        let refusal = theirs.reauthorize.is_some() && theirs.lease.is_none();
+                        if !(ours || matches!(pending, Pending::Pair { .. }) && refusal) {
                             done();
-                            return Ok(self.adopt(theirs));
+                            if theirs.reauthorize.is_none()
+                                && theirs.lease.is_none()
+                                && self.is_fresh(theirs, SystemTime::now())
+                            {
+                                tracing::warn!(
+                                    key = %scrub(&self.config.key),
+                                    "the user's tokens were signed in again during a rotation; using the signed-in pair"
+                                );
+                                return Ok(self.adopt(theirs));
+                            }
+                            return Err(Failure::dead(Error::new(
+                                ErrorKind::Store,
+                                format!(
+                                    "the tokens of {:?} were signed in again during a rotation; the new pair is used \
+                                     as soon as its holder has it",
+                                    scrub(&self.config.key)
+                                ),
+                            )));
                         }
                     }
                     replaces = current.map(|c| c.version);
@@ -661,6 +743,8 @@ impl Rotation {
     pub(crate) async fn sign_in(&self, tokens: &UserTokens) -> Result<(), Error> {
         self.overwrite(&Record::new(tokens, SystemTime::now()), "sign-in").await?;
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Whatever this source handed out before, the signed-in pair is adopted, not spent.
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 
@@ -699,6 +783,7 @@ impl Rotation {
                 self.swap(expected, &record.encode(version)).await.map_err(|e| self.store_error("write", e, false))?;
             if swapped {
                 self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+                self.epoch.fetch_add(1, Ordering::AcqRel);
                 return Ok(());
             }
             tokio::task::yield_now().await;
