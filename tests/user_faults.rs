@@ -527,3 +527,93 @@ async fn an_unsaved_pair_gives_way_to_a_later_sign_in() {
     assert!(!a.stats().unsaved);
     assert_eq!(github.oauth_counts().double_spends, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_during_a_rotation_is_used_as_signed_in_not_spent() {
+    let github = FakeGitHub::start().await;
+    let store = MemoryStore::new();
+    let client = Tamper::new(&github);
+    *client.delay.lock().unwrap() = Duration::from_millis(300);
+    let user = builder(&github, store.clone()).build(client).unwrap();
+    user.sign_in(signed_in_tokens(&github).await).await.unwrap();
+    let first = user.token().await.unwrap();
+    let rotating = tokio::spawn({
+        let user = user.clone();
+        async move {
+            user.invalidate(&first);
+            user.token().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = signed_in_tokens(&github).await;
+    user.sign_in(fresh.clone()).await.unwrap();
+    let _ = rotating.await.unwrap();
+    let token = user.token().await.unwrap();
+    assert_eq!(token.expose_secret(), fresh.expose_access_token(), "the signed-in pair is used");
+    assert!(github.refresh_token_is_live(fresh.expose_refresh_token().unwrap()), "and not spent");
+    assert_eq!(stored_refresh_token(&store).await.as_deref(), fresh.expose_refresh_token());
+    let counts = github.oauth_counts();
+    assert_eq!((counts.refreshes, counts.double_spends), (1, 0), "{counts:?}");
+}
+
+/// The in-process fake, with the web origin unreachable (connection refused) while `down` is set.
+#[derive(Clone)]
+struct WebDown {
+    inner: InProcess,
+    down: Arc<AtomicBool>,
+}
+
+impl Service<Request<Full<Bytes>>> for WebDown {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        if self.down.load(Ordering::SeqCst) && request.uri().path().starts_with("/login/") {
+            let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+            return Box::pin(std::future::ready(Err(refused.into())));
+        }
+        let mut inner = self.inner.clone();
+        Box::pin(async move { inner.call(request).await })
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_web_origin_leaves_the_current_token_in_use() {
+    let github = FakeGitHub::start().await;
+    let client = WebDown { inner: github.in_process(), down: Arc::default() };
+    let user = builder(&github, MemoryStore::new()).build(client.clone()).unwrap();
+    user.sign_in(signed_in_tokens(&github).await).await.unwrap();
+    let token = user.token().await.unwrap();
+    client.down.store(true, Ordering::SeqCst);
+    // Asking for more validity than the token has left forces a refresh, which cannot even connect.
+    let error = user.token_valid_for(Duration::from_secs(7 * 3600 + 50 * 60)).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Transport, "{error}");
+    // Nothing was spent: the current token still serves.
+    for _ in 0..5 {
+        assert_eq!(user.token().await.unwrap().serial(), token.serial());
+    }
+    assert_eq!(github.oauth_counts().refreshes, 0);
+}
+
+#[tokio::test]
+async fn a_route_that_refuses_every_token_costs_two_rotations_per_request() {
+    let github = FakeGitHub::start().await;
+    let user = builder(&github, MemoryStore::new()).build(github.in_process()).unwrap();
+    user.sign_in(signed_in_tokens(&github).await).await.unwrap();
+    let client = tower::ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(tower_github_app::RetryOn401Policy::builder().no_budget().build()))
+        .layer(UserAuthLayer::new(user.clone()))
+        .service(github.in_process());
+    // The fake answers 401 to a user token on the installation routes.
+    for _ in 0..3 {
+        let response = client.clone().oneshot(get(&format!("{}/installation/repositories", github.api_base()))).await;
+        assert_eq!(response.unwrap().status(), 401);
+    }
+    let counts = github.oauth_counts();
+    assert_eq!((counts.refreshes, counts.double_spends), (6, 0), "{counts:?}");
+}

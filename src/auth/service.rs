@@ -137,8 +137,9 @@ where
         // One scan decides whether the path must be resolved before it is read (for every route decision).
         let unusual = has_dot_or_percent(request.uri().path().as_bytes());
         let app_jwt_route = match target {
+            // (The source's App is looked at only for App routes: the hot path does not load it.)
             Target::Api => {
-                self.source.app().is_some() && is_app_jwt_request(request.uri().path(), origin.path(), unusual)
+                is_app_jwt_request(request.uri().path(), origin.path(), unusual) && self.source.app().is_some()
             }
             // Release assets take the installation token, never the App JWT.
             Target::Uploads => false,

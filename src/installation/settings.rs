@@ -143,7 +143,8 @@ macro_rules! settings_methods {
             self
         }
 
-        /// How long one token request may take before it counts as failed (default 30 s).
+        /// How long one token request may take before it counts as failed (default 30 s). For user tokens it bounds
+        /// each store call; the refresh request itself may take what is left of the lease after a save's share.
         pub fn mint_timeout(mut self, timeout: Duration) -> Self {
             self.settings.mint_timeout = timeout;
             self

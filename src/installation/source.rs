@@ -155,6 +155,10 @@ pub(crate) struct Shared {
     timing: Timing,
     /// Set by a sign-in: the refresher's next step mints (adopts) at once, whatever backoff runs.
     retry_now: std::sync::atomic::AtomicBool,
+    /// For a user source: the sign-in epoch the last minted token was rotated in, until it is published. Publishing
+    /// and [`mint_now`](Shared::mint_now) take this lock, so a token rotated before a sign-in or sign-out is never
+    /// published after it.
+    minted_epoch: Mutex<Option<u64>>,
     /// The token requests use. `None` before the first mint, after an invalidation, and while parked.
     pub(crate) current: ArcSwapOption<TokenEntry>,
     /// The token before the current one, kept alive while requests that carried it may still be answered.
@@ -204,6 +208,7 @@ impl Shared {
             scoped,
             timing,
             retry_now: Default::default(),
+            minted_epoch: Mutex::new(None),
             current: ArcSwapOption::empty(),
             previous: ArcSwapOption::empty(),
             parked: Mutex::new(None),
@@ -322,7 +327,8 @@ impl Shared {
     fn mint_budget(&self) -> Duration {
         match &self.minter {
             Minter::Installation { .. } => self.params.timeout + Duration::from_secs(1),
-            Minter::User(rotation) => rotation.budget(),
+            // Up to three rotations when sign-ins keep coming in between.
+            Minter::User(rotation) => rotation.budget().saturating_mul(3),
         }
     }
 
@@ -345,11 +351,27 @@ impl Shared {
     /// Asks the refresher to mint at once, ending any backoff (a sign-in).
     pub(crate) fn mint_now(&self) {
         self.retry_now.store(true, Ordering::Release);
-        self.take_current_if(|_| true);
+        {
+            let _gate = self.minted_epoch.lock().unwrap_or_else(|e| e.into_inner());
+            self.take_current_if(|_| true);
+        }
         if matches!(*self.status.borrow(), Status::Failed(_)) {
             self.status.send_replace(Status::Idle);
         }
         self.wake_refresher();
+    }
+
+    /// Publishes a freshly minted token, unless it was rotated before a sign-in or sign-out that came since (then
+    /// the caller mints again). Returns whether it was published.
+    fn publish_minted(&self, token: Arc<TokenEntry>) -> bool {
+        let mut gate = self.minted_epoch.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(minted), Minter::User(rotation)) = (gate.take(), &self.minter)
+            && rotation.epoch() != minted
+        {
+            return false;
+        }
+        self.replace_current(Some(token));
+        true
     }
 
     /// One mint: an installation token (corrected once for clock skew), or a user token rotation.
@@ -383,12 +405,22 @@ impl Shared {
                         let outcome = rotating.rotate(&withdraw).await;
                         (outcome, withdrawn.into_inner().unwrap_or_else(|e| e.into_inner()))
                     });
+                    // (The panic's payload is not shown: it could be anything the user's store or client held.)
                     let done = task.await.map_err(|join| {
-                        Error::new(ErrorKind::Runtime, format!("the user token rotation task ended early: {join}"))
+                        let how = if join.is_panic() { "panicked" } else { "was cancelled" };
+                        Error::new(ErrorKind::Runtime, format!("the user token rotation task {how}; retrying"))
                     })?;
                     tries += 1;
-                    if rotation.epoch() == epoch || tries == 3 {
+                    if rotation.epoch() == epoch {
+                        *self.minted_epoch.lock().unwrap_or_else(|e| e.into_inner()) = Some(epoch);
                         break done;
+                    }
+                    if tries == 3 {
+                        self.take_current_if(|_| true);
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            "the user's tokens were signed in or out during three rotations in a row; retrying",
+                        ));
                     }
                 };
                 match outcome {
@@ -893,7 +925,10 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                     expires_at = %humantime::format_rfc3339_seconds(token.expires_at()),
                     "token minted"
                 );
-                shared.replace_current(Some(token));
+                if !shared.publish_minted(token) {
+                    // A sign-in or sign-out came after this rotation: rotate (adopt) again.
+                    continue;
+                }
                 shared.status.send_replace(Status::Ready);
             }
             Err(error) => {

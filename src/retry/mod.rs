@@ -12,7 +12,7 @@
 //! | `401` (or `403` for a scoped token) | younger than the lag window (10 s) | replication lag: the same token again, no re-mint. One request per step (from 250 ms, doubling to 1 s, jittered) probes GitHub whatever the budget says; every other refused request waits for that probe's answer and retries as soon as GitHub accepts the token. A token no probe got through for the whole window is replaced once |
 //! | `401` | older | stale or revoked: invalidate it (every request that saw it shares one new mint) and retry once |
 //! | `401` on an App-JWT route | — | clock skew: learn GitHub's clock from `Date`, retry once with a corrected JWT |
-//! | `401` on a user token ([`UserToken`](crate::user::UserToken)) | any | dead: another holder of the user's tokens rotated them (which ends the old access token), or the user revoked them. The source drops it and adopts the stored pair or rotates; the request is retried, once per token (up to three times if the user's tokens keep being rotated under it) |
+//! | `401` on a user token ([`UserToken`](crate::user::UserToken)) | any | dead: another holder of the user's tokens rotated them (which ends the old access token), or the user revoked them. The source drops it and adopts the stored pair or rotates; the request is retried, once per token (twice if the user's tokens were rotated again under it) |
 //! | anything else: `2xx`, other `4xx`, `5xx`, `429`, transport errors | | passed through untouched |
 //!
 //! Requests are retried only if their body can be cloned: empty bodies, `Full<Bytes>`, `String`, `Bytes` and

@@ -71,7 +71,7 @@ struct Attempt {
 }
 
 /// How many times one request is retried for refused user tokens, each time on a newer token.
-const MAX_USER_TOKEN_RETRIES: u32 = 3;
+const MAX_USER_TOKEN_RETRIES: u32 = 2;
 
 /// Put into a response's extensions when [`RetryOn401Policy`] declined to retry a credential refusal it would
 /// otherwise have retried. Also logged as a `WARN` event. Contains no secret.
@@ -258,7 +258,8 @@ impl<C> RetryOn401Policy<C> {
     /// holder of the user's tokens), which killed it. The source drops it if it is still current and rotates or
     /// adopts the stored pair once; the request is retried with whatever is current then. Once per token: a
     /// retry refused on the same token, or on an older one, is not retried; one refused on a newer token (rotated
-    /// again meanwhile by another holder) is, up to three times in all.
+    /// again meanwhile by another holder) is, twice in all. (A route that answers `401` to every token thus costs
+    /// two rotations per request, paid from the retry budget.)
     fn on_user_token<B>(&mut self, response: &mut Response<B>, used: InstallationTokenUsed) -> Option<RetryFuture> {
         if response.status() != StatusCode::UNAUTHORIZED {
             return None;

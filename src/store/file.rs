@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{StoreFuture, UserTokenStore, Versioned};
 use crate::error::{BoxError, Error, ErrorKind};
@@ -203,13 +204,36 @@ fn options() -> OpenOptions {
     options
 }
 
-fn swap(path: &Path, lock_path: &Path, expected: Option<u64>, new: &Versioned) -> io::Result<bool> {
+/// Set when the caller stopped waiting for a swap (its future was dropped, e.g. by a timeout): the swap then gives
+/// up rather than write what its caller already counts as not written.
+struct Abandoned(Arc<AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+fn abandoned() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "the swap was abandoned by its caller before it wrote")
+}
+
+fn swap(
+    path: &Path,
+    lock_path: &Path,
+    expected: Option<u64>,
+    new: &Versioned,
+    gave_up: &AtomicBool,
+) -> io::Result<bool> {
     plain_file(lock_path)?;
     let lock = options().create(true).truncate(false).write(true).open(lock_path)?;
     // Polled rather than awaited, so a lock another process never releases costs this thread a bounded wait, not
     // a blocking thread for good.
     let deadline = std::time::Instant::now() + LOCK_PATIENCE;
     loop {
+        if gave_up.load(Ordering::Acquire) {
+            return Err(abandoned());
+        }
         match lock.try_lock() {
             Ok(()) => break,
             Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
@@ -227,6 +251,9 @@ fn swap(path: &Path, lock_path: &Path, expected: Option<u64>, new: &Versioned) -
     let current = read(path)?.map(|r| r.version);
     if current != expected {
         return Ok(false);
+    }
+    if gave_up.load(Ordering::Acquire) {
+        return Err(abandoned());
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let temp = dir.join(format!(
@@ -277,7 +304,9 @@ impl UserTokenStore for FileStore {
         Box::pin(async move {
             let (path, lock) = self.paths(key)?;
             let new = new.clone();
-            blocking(move || swap(&path, &lock, expected, &new)).await
+            let gave_up = Arc::new(AtomicBool::new(false));
+            let _abandoned = Abandoned(Arc::clone(&gave_up));
+            blocking(move || swap(&path, &lock, expected, &new, &gave_up)).await
         })
     }
 }
@@ -343,6 +372,26 @@ mod tests {
             fs::remove_file(&path).unwrap();
         }
         assert!(format!("{two:?}").contains("redacted") && !format!("{two:?}").contains("second"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_swap_its_caller_gave_up_on_never_writes() {
+        let dir = temp_dir();
+        let store = FileStore::open(&dir).unwrap();
+        let one = Versioned { version: 1, record: b"1".to_vec() };
+        assert!(store.compare_and_swap("k", None, &one).await.unwrap());
+        // Another process holds the key's lock.
+        let (_, lock_path) = store.paths("k").unwrap();
+        let held = File::options().write(true).open(&lock_path).unwrap();
+        held.lock().unwrap();
+        let two = Versioned { version: 2, record: b"2".to_vec() };
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(100), store.compare_and_swap("k", Some(1), &two));
+        assert!(waited.await.is_err(), "still waiting for the lock");
+        held.unlock().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(store.load("k").await.unwrap().unwrap().version, 1, "the abandoned swap did not write");
         fs::remove_dir_all(dir).unwrap();
     }
 

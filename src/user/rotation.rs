@@ -182,8 +182,9 @@ pub(crate) struct Rotation {
     /// Which attempt of this source may rotate, and until when (the real clock): one at a time, and an attempt
     /// stuck on a runtime nobody drives holds the turn for one rotation budget at most.
     turn: Mutex<Option<(u64, std::time::Instant)>>,
-    /// A fingerprint of the access token this source last handed out.
-    known: Mutex<Option<u64>>,
+    /// A fingerprint of the access token this source last handed out, and the sign-in epoch of the rotation that
+    /// handed it out (one from before the latest sign-in or sign-out does not count).
+    known: Mutex<Option<(u64, u64)>>,
     /// Attempts of this source that claimed the record and have not settled (released it, or kept GitHub's answer
     /// in `pending`). Their leases are live like another holder's: an attempt that was dropped or panicked
     /// mid-refresh may have spent the refresh token.
@@ -236,8 +237,11 @@ impl Drop for Turn<'_> {
 /// How many claims a rotation may lose in a row before it backs off.
 const MAX_LOST_CLAIMS: u32 = 32;
 
-/// The longest lease a builder accepts; a lease dated further ahead is void.
+/// The longest lease a builder accepts; a lease dated further ahead (than this and [`LEASE_SKEW_SLACK`]) is void.
 pub(crate) const MAX_LEASE: Duration = Duration::from_secs(3600);
+
+/// How far ahead of this host's clock another holder's may be before its leases count as void.
+const LEASE_SKEW_SLACK: Duration = Duration::from_secs(600);
 
 /// Turns a panic of the future it polls (a user's store) into an error.
 struct CatchUnwind<F>(F);
@@ -283,7 +287,7 @@ impl Rotation {
     /// The longest one rotation may take: waiting out another holder's lease, then a refresh and a few writes.
     pub(crate) fn budget(&self) -> Duration {
         let c = &self.config;
-        c.lease.saturating_mul(2).saturating_add(c.timeout.saturating_mul(4)) + Duration::from_secs(1)
+        c.lease.saturating_mul(3).saturating_add(c.timeout.saturating_mul(8)) + Duration::from_secs(1)
     }
 
     /// Waits for this source's turn to rotate.
@@ -303,7 +307,14 @@ impl Rotation {
     }
 
     /// A store call, bounded by `mint_timeout`.
-    async fn call<T>(&self, operation: crate::store::StoreFuture<'_, T>) -> Result<T, crate::BoxError> {
+    async fn call<'a, T>(
+        &'a self,
+        operation: impl FnOnce(&'a dyn UserTokenStore) -> crate::store::StoreFuture<'a, T>,
+    ) -> Result<T, crate::BoxError> {
+        let store: &'a dyn UserTokenStore = &*self.config.store;
+        let Ok(operation) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| operation(store))) else {
+            return Err("the store panicked".into());
+        };
         match tokio::time::timeout(self.config.timeout, CatchUnwind(operation)).await {
             Ok(Ok(result)) => result,
             Ok(Err(())) => Err("the store panicked".into()),
@@ -317,11 +328,25 @@ impl Rotation {
     }
 
     async fn load(&self) -> Result<Option<Versioned>, crate::BoxError> {
-        self.call(self.config.store.load(&self.config.key)).await
+        let key = self.config.key.as_str();
+        self.call(|store| store.load(key)).await
     }
 
     async fn swap(&self, expected: Option<u64>, new: &Versioned) -> Result<bool, crate::BoxError> {
-        self.call(self.config.store.compare_and_swap(&self.config.key, expected, new)).await
+        let key = self.config.key.as_str();
+        self.call(|store| store.compare_and_swap(key, expected, new)).await
+    }
+
+    /// Waits for the record to change from `version`, at most `patience` (a store that panics is waited out).
+    async fn changed(&self, version: u64, patience: Duration) {
+        let store = &*self.config.store;
+        let key = self.config.key.as_str();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.changed(key, Some(version)))) {
+            Ok(changed) => {
+                let _ = tokio::time::timeout(patience, CatchUnwind(changed)).await;
+            }
+            Err(_) => tokio::time::sleep(patience).await,
+        }
     }
 
     /// A pair for requests: adopted from the store, or rotated. `withdraw` is called just before the refresh
@@ -329,9 +354,10 @@ impl Rotation {
     /// dead one.
     pub(crate) async fn rotate(&self, withdraw: &(dyn Fn() + Send + Sync)) -> Result<Current, Failure> {
         let _turn = self.take_turn().await;
+        let epoch = self.epoch();
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(pending) = pending {
-            return self.finish(pending).await;
+            return self.finish(pending, true, epoch).await;
         }
         let c = &self.config;
         let give_up = Instant::now() + c.lease.saturating_mul(2);
@@ -369,7 +395,7 @@ impl Rotation {
                 holder == self.holder && !unsettled()
             };
             // A lease dated further ahead than any lease can be was written by a clock that is wrong: void.
-            let plausible = |lease: &Lease| lease.until <= ms(now + MAX_LEASE);
+            let plausible = |lease: &Lease| lease.until <= ms(now + MAX_LEASE + LEASE_SKEW_SLACK);
             if let Some(lease) =
                 record.lease.as_ref().filter(|lease| lease.until > ms(now) && plausible(lease) && !mine(lease))
             {
@@ -389,18 +415,17 @@ impl Rotation {
                     )));
                 }
                 let left = Duration::from_millis(u64::try_from(lease.until.saturating_sub(ms(now))).unwrap_or(0));
-                let changed = c.store.changed(&c.key, Some(stored.version));
-                let _ = tokio::time::timeout(left.min(Duration::from_millis(250)), changed).await;
+                self.changed(stored.version, left.min(Duration::from_millis(250))).await;
                 continue;
             }
             let access = fingerprint(&record.access_token);
-            let known = *self.known.lock().unwrap_or_else(|e| e.into_inner());
+            let known = self.known();
             if known != Some(access) && record.lease.is_none() && self.is_fresh(&record, now) {
                 // Rotated by another holder, or signed in: use it.
                 if known.is_some() {
                     self.counters.adopted.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(self.adopt(&record));
+                return Ok(self.adopt(&record, epoch));
             }
             let Some(refresh_token) = record.refresh_token.clone() else {
                 // Expiry turned off: the token lasts until revoked, and there is nothing to refresh.
@@ -410,7 +435,7 @@ impl Rotation {
                         "the user access token expired and there is no refresh token".into(),
                     )));
                 }
-                return Ok(self.adopt(&record));
+                return Ok(self.adopt(&record, epoch));
             };
             let spent = fingerprint(&refresh_token);
             if *self.refused.lock().unwrap_or_else(|e| e.into_inner()) == Some(spent) {
@@ -488,9 +513,9 @@ impl Rotation {
                     let pending = Pending::Pair { tokens, spent, replaces: Some(claim.version) };
                     // Kept before it is written: a store that panics, or a runtime that drops this task, leaves it
                     // for the next rotation to save.
-                    *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending.clone());
+                    self.keep_pending(pending.clone());
                     settled();
-                    return self.finish(pending).await;
+                    return self.finish(pending, false, epoch).await;
                 }
                 Err(refused) if refused.spent || refused.error.kind() == ErrorKind::ReauthorizationRequired => {
                     // Refused because another holder rotated it after all (our lease ran out on the way)? Then
@@ -502,7 +527,7 @@ impl Rotation {
                         && theirs.refresh_token.as_deref().is_some_and(|t| fingerprint(t) != spent)
                     {
                         settled();
-                        return Ok(self.adopt(&theirs));
+                        return Ok(self.adopt(&theirs, epoch));
                     }
                     let error = if refused.error.kind() == ErrorKind::ReauthorizationRequired {
                         refused.error
@@ -522,9 +547,9 @@ impl Rotation {
                     let mut mark = released(record);
                     mark.reauthorize = Some(error.to_string());
                     let pending = Pending::Refusal { record: mark, spent, replaces: Some(claim.version), error };
-                    *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(pending.clone());
+                    self.keep_pending(pending.clone());
                     settled();
-                    return self.finish(pending).await;
+                    return self.finish(pending, false, epoch).await;
                 }
                 Err(refused) => {
                     // Refused for another reason, or lost on the way: give the lease back and retry later with
@@ -532,8 +557,13 @@ impl Rotation {
                     // and the user must authorize again: nothing else can recover a pair lost in transit).
                     let _ = self.swap(Some(claim.version), &released(record).encode(after_claim)).await;
                     settled();
-                    // An answer that never came may mean a spent token (and a dead access token): not restored.
-                    let lost_in_transit = matches!(refused.error.kind(), ErrorKind::Timeout | ErrorKind::Transport);
+                    // An answer that never came to a request GitHub may have received may mean a spent token (and
+                    // a dead access token): not restored. One that never left (no connection) leaves it alive.
+                    let lost_in_transit = match refused.error.kind() {
+                        ErrorKind::Timeout => true,
+                        ErrorKind::Transport => !never_sent(&refused.error),
+                        _ => false,
+                    };
                     return Err(if lost_in_transit {
                         Failure::dead(refused.error)
                     } else {
@@ -544,9 +574,24 @@ impl Rotation {
         }
     }
 
+    /// The access token this source last handed out, if since the latest sign-in or sign-out.
+    fn known(&self) -> Option<u64> {
+        let known = *self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.filter(|(_, epoch)| *epoch == self.epoch()).map(|(access, _)| access)
+    }
+
+    /// Keeps a write GitHub's answer obliges. A refusal never displaces a pair (the refusal came second: the pair is
+    /// the live one).
+    fn keep_pending(&self, pending: Pending) {
+        let mut kept = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !(matches!(pending, Pending::Refusal { .. }) && matches!(*kept, Some(Pending::Pair { .. }))) {
+            *kept = Some(pending);
+        }
+    }
+
     /// Hands out a stored pair.
-    fn adopt(&self, record: &Record) -> Current {
-        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint(&record.access_token));
+    fn adopt(&self, record: &Record, epoch: u64) -> Current {
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = Some((fingerprint(&record.access_token), epoch));
         Current { tokens: record.tokens(), issued_at: at(record.issued_at) }
     }
 
@@ -562,7 +607,7 @@ impl Rotation {
 
     /// Makes the write GitHub's answer obliges: saves a rotated pair (then hands it out), or marks a refusal. Until
     /// it is written it stays in memory, and every rotation of this source starts with it.
-    async fn finish(&self, pending: Pending) -> Result<Current, Failure> {
+    async fn finish(&self, pending: Pending, retrying: bool, epoch: u64) -> Result<Current, Failure> {
         let (mut replaces, spent) = match &pending {
             Pending::Pair { replaces, spent, .. } | Pending::Refusal { replaces, spent, .. } => (*replaces, *spent),
         };
@@ -578,20 +623,20 @@ impl Rotation {
             match &mut kept {
                 Pending::Pair { replaces: r, .. } | Pending::Refusal { replaces: r, .. } => *r = replaces,
             }
-            *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+            self.keep_pending(kept);
         };
         let done = || self.pending.lock().unwrap_or_else(|e| e.into_inner()).take().is_some();
         for _ in 0..4 {
             let new = record.encode(next(replaces).map_err(Failure::alive)?);
             match self.swap(replaces, &new).await {
                 Ok(true) => {
-                    if done() {
+                    if done() && retrying {
                         tracing::warn!(key = %scrub(&self.config.key), "the user token record is saved now");
                     }
                     return match pending {
                         Pending::Pair { tokens, .. } => {
                             *self.known.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some(fingerprint(&tokens.access_token));
+                                Some((fingerprint(&tokens.access_token), epoch));
                             Ok(Current { tokens, issued_at })
                         }
                         Pending::Refusal { error, .. } => Err(Failure::dead(self.report(Some(spent), error))),
@@ -626,7 +671,8 @@ impl Rotation {
                                     key = %scrub(&self.config.key),
                                     "the user's tokens were signed in again during a rotation; using the signed-in pair"
                                 );
-                                return Ok(self.adopt(theirs));
+                                self.counters.adopted.fetch_add(1, Ordering::Relaxed);
+                                return Ok(self.adopt(theirs, epoch));
                             }
                             return Err(Failure::dead(Error::new(
                                 ErrorKind::Store,
@@ -790,6 +836,33 @@ impl Rotation {
         }
         Err(Error::new(ErrorKind::Store, format!("the user token record kept changing during the {what}; try again")))
     }
+}
+
+/// Whether a transport error happened before the request could reach GitHub: the connection was refused, the
+/// host not found or unreachable.
+fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            )
+        {
+            return true;
+        }
+        // hyper-util's connection errors ("client error (Connect)"), and failed name lookups.
+        let text = error.to_string();
+        if text.contains("(Connect)") || text.contains("dns error") || text.contains("failed to lookup address") {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 fn signed_out(key: &str) -> Error {
