@@ -617,3 +617,46 @@ async fn a_route_that_refuses_every_token_costs_two_rotations_per_request() {
     let counts = github.oauth_counts();
     assert_eq!((counts.refreshes, counts.double_spends), (6, 0), "{counts:?}");
 }
+
+#[test]
+fn a_token_parked_by_a_stopped_runtime_does_not_outlive_a_sign_out() {
+    let main = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let github = main.block_on(FakeGitHub::start());
+    let user = builder(&github, MemoryStore::new()).build(github.in_process()).unwrap();
+    let short = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    short.block_on(async {
+        user.sign_in(signed_in_tokens(&github).await).await.unwrap();
+        user.token().await.unwrap();
+    });
+    // The refresher's runtime goes away: its token is parked for the next request to restore.
+    drop(short);
+    main.block_on(async {
+        user.sign_out().await.unwrap();
+        let error = user.token().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ReauthorizationRequired, "{error}");
+        // And a sign-in afterwards serves its own pair, not the parked one.
+        let fresh = signed_in_tokens(&github).await;
+        user.sign_in(fresh.clone()).await.unwrap();
+        assert_eq!(user.token().await.unwrap().expose_secret(), fresh.expose_access_token());
+    });
+}
+
+#[tokio::test]
+async fn a_sign_in_right_after_an_invalidation_is_adopted_not_spent() {
+    let github = FakeGitHub::start().await;
+    let user = builder(&github, MemoryStore::new()).build(github.in_process()).unwrap();
+    user.sign_in(signed_in_tokens(&github).await).await.unwrap();
+    let first = user.token().await.unwrap();
+    let fresh = signed_in_tokens(&github).await;
+    user.invalidate(&first);
+    tokio::spawn({
+        let (user, fresh) = (user.clone(), fresh.clone());
+        async move { user.sign_in(fresh).await }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(user.token().await.unwrap().expose_secret(), fresh.expose_access_token());
+    assert!(github.refresh_token_is_live(fresh.expose_refresh_token().unwrap()));
+    assert_eq!(github.oauth_counts().double_spends, 0);
+}

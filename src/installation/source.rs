@@ -155,10 +155,9 @@ pub(crate) struct Shared {
     timing: Timing,
     /// Set by a sign-in: the refresher's next step mints (adopts) at once, whatever backoff runs.
     retry_now: std::sync::atomic::AtomicBool,
-    /// For a user source: the sign-in epoch the last minted token was rotated in, until it is published. Publishing
-    /// and [`mint_now`](Shared::mint_now) take this lock, so a token rotated before a sign-in or sign-out is never
-    /// published after it.
-    minted_epoch: Mutex<Option<u64>>,
+    /// Taken by publishing a minted token and by [`mint_now`](Shared::mint_now) (a sign-in or sign-out), so a user
+    /// token rotated before a sign-in or sign-out is never published after it.
+    epoch_gate: Mutex<()>,
     /// The token requests use. `None` before the first mint, after an invalidation, and while parked.
     pub(crate) current: ArcSwapOption<TokenEntry>,
     /// The token before the current one, kept alive while requests that carried it may still be answered.
@@ -208,7 +207,7 @@ impl Shared {
             scoped,
             timing,
             retry_now: Default::default(),
-            minted_epoch: Mutex::new(None),
+            epoch_gate: Mutex::new(()),
             current: ArcSwapOption::empty(),
             previous: ArcSwapOption::empty(),
             parked: Mutex::new(None),
@@ -291,7 +290,11 @@ impl Shared {
 
     /// Takes a token minted by a refresher that was replaced meanwhile, if it is newer than what there is, so
     /// its mint is not wasted.
-    fn adopt(&self, token: Arc<TokenEntry>) {
+    fn adopt(&self, token: Arc<TokenEntry>, epoch: Option<u64>) {
+        let _gate = self.epoch_gate.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.in_epoch(epoch) {
+            return;
+        }
         let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((older, _)) = parked.as_mut() {
             if older.expires() < token.expires() {
@@ -352,8 +355,12 @@ impl Shared {
     pub(crate) fn mint_now(&self) {
         self.retry_now.store(true, Ordering::Release);
         {
-            let _gate = self.minted_epoch.lock().unwrap_or_else(|e| e.into_inner());
+            // Nothing from before the sign-in or sign-out serves after it: not the current token, not one parked
+            // for a stopped refresher, not one waiting out its grace.
+            let _gate = self.epoch_gate.lock().unwrap_or_else(|e| e.into_inner());
             self.take_current_if(|_| true);
+            self.parked.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
         if matches!(*self.status.borrow(), Status::Failed(_)) {
             self.status.send_replace(Status::Idle);
@@ -363,27 +370,33 @@ impl Shared {
 
     /// Publishes a freshly minted token, unless it was rotated before a sign-in or sign-out that came since (then
     /// the caller mints again). Returns whether it was published.
-    fn publish_minted(&self, token: Arc<TokenEntry>) -> bool {
-        let mut gate = self.minted_epoch.lock().unwrap_or_else(|e| e.into_inner());
-        if let (Some(minted), Minter::User(rotation)) = (gate.take(), &self.minter)
-            && rotation.epoch() != minted
-        {
+    fn publish_minted(&self, token: Arc<TokenEntry>, epoch: Option<u64>) -> bool {
+        let _gate = self.epoch_gate.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.in_epoch(epoch) {
             return false;
         }
         self.replace_current(Some(token));
         true
     }
 
+    /// Whether a token minted in sign-in `epoch` (`None`: an installation token) may still be published.
+    fn in_epoch(&self, epoch: Option<u64>) -> bool {
+        match (&self.minter, epoch) {
+            (Minter::User(rotation), Some(epoch)) => rotation.epoch() == epoch,
+            _ => true,
+        }
+    }
+
     /// One mint: an installation token (corrected once for clock skew), or a user token rotation.
-    async fn mint(self: &Arc<Self>) -> Result<TokenEntry, Error> {
+    async fn mint(self: &Arc<Self>) -> Result<(TokenEntry, Option<u64>), Error> {
         let source: Weak<dyn crate::source::Invalidate> = Arc::downgrade(self) as _;
-        let minted = match &self.minter {
+        let (minted, epoch) = match &self.minter {
             Minter::Installation { app, client } => {
                 let failed = |error: &Error| {
                     self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
                 };
-                mint_correcting_skew(app, client, &self.params, failed).await?
+                (mint_correcting_skew(app, client, &self.params, failed).await?, None)
             }
             Minter::User(rotation) => {
                 // Spending the refresh token kills the access token requests hold: they wait for the new one.
@@ -393,7 +406,7 @@ impl Shared {
                 // A sign-in or sign-out during the rotation wins over it: the rotation runs again (and adopts
                 // the signed-in pair, or finds the user signed out).
                 let mut tries = 0;
-                let (outcome, withdrawn) = loop {
+                let ((outcome, withdrawn), epoch) = loop {
                     let epoch = rotation.epoch();
                     let (shared, rotating) = (Arc::clone(self), Arc::clone(rotation));
                     let task = tokio::spawn(async move {
@@ -402,7 +415,7 @@ impl Shared {
                             let taken = shared.take_current_if(|_| true);
                             *withdrawn.lock().unwrap_or_else(|e| e.into_inner()) = taken;
                         };
-                        let outcome = rotating.rotate(&withdraw).await;
+                        let outcome = rotating.rotate(&withdraw, epoch).await;
                         (outcome, withdrawn.into_inner().unwrap_or_else(|e| e.into_inner()))
                     });
                     // (The panic's payload is not shown: it could be anything the user's store or client held.)
@@ -412,8 +425,7 @@ impl Shared {
                     })?;
                     tries += 1;
                     if rotation.epoch() == epoch {
-                        *self.minted_epoch.lock().unwrap_or_else(|e| e.into_inner()) = Some(epoch);
-                        break done;
+                        break (done, Some(epoch));
                     }
                     if tries == 3 {
                         self.take_current_if(|_| true);
@@ -424,7 +436,7 @@ impl Shared {
                     }
                 };
                 match outcome {
-                    Ok(current) => crate::user::minted(current)?,
+                    Ok(current) => (crate::user::minted(current)?, epoch),
                     Err(failure) => {
                         if failure.current_dead {
                             self.take_current_if(|_| true);
@@ -438,7 +450,7 @@ impl Shared {
                 }
             }
         };
-        Ok(self.timing.entry(minted, self.params.installation_id, self.scoped, source))
+        Ok((self.timing.entry(minted, self.params.installation_id, self.scoped, source), epoch))
     }
 
     fn backoff(&self, failures: u32, now: Instant) -> Duration {
@@ -874,14 +886,14 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
         };
         if !shared.is_live(generation) {
             // Replaced while minting (its runtime stalled): hand the token over rather than waste the mint.
-            if let Ok(token) = outcome {
+            if let Ok((token, epoch)) = outcome {
                 shared.counters.mints.fetch_add(1, Ordering::Relaxed);
-                shared.adopt(token.share());
+                shared.adopt(token.share(), epoch);
             }
             return;
         }
         match outcome {
-            Ok(token) => {
+            Ok((token, epoch)) => {
                 failures = 0;
                 retry_at = None;
                 shared.counters.mints.fetch_add(1, Ordering::Relaxed);
@@ -908,7 +920,7 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                     let pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
                     if !shared.is_live(generation) {
                         if let Some(token) = pending {
-                            shared.adopt(token);
+                            shared.adopt(token, epoch);
                         }
                         return;
                     }
@@ -925,7 +937,7 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                     expires_at = %humantime::format_rfc3339_seconds(token.expires_at()),
                     "token minted"
                 );
-                if !shared.publish_minted(token) {
+                if !shared.publish_minted(token, epoch) {
                     // A sign-in or sign-out came after this rotation: rotate (adopt) again.
                     continue;
                 }

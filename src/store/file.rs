@@ -267,6 +267,9 @@ fn swap(
         file.write_all(format!("version {}\n", new.version).as_bytes())?;
         file.write_all(&new.record)?;
         file.sync_all()?;
+        if gave_up.load(Ordering::Acquire) {
+            return Err(abandoned());
+        }
         fs::rename(&temp, path)?;
         // The rename itself is durable once the directory is.
         #[cfg(unix)]

@@ -343,7 +343,11 @@ impl Rotation {
         let key = self.config.key.as_str();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.changed(key, Some(version)))) {
             Ok(changed) => {
-                let _ = tokio::time::timeout(patience, CatchUnwind(changed)).await;
+                let started = Instant::now();
+                if let Ok(Err(())) = tokio::time::timeout(patience, CatchUnwind(changed)).await {
+                    // It panicked when polled: wait out the rest as a plain poll would.
+                    tokio::time::sleep(patience.saturating_sub(started.elapsed())).await;
+                }
             }
             Err(_) => tokio::time::sleep(patience).await,
         }
@@ -352,9 +356,9 @@ impl Rotation {
     /// A pair for requests: adopted from the store, or rotated. `withdraw` is called just before the refresh
     /// token is spent (its access token dies with it), so requests wait for the new one instead of carrying a
     /// dead one.
-    pub(crate) async fn rotate(&self, withdraw: &(dyn Fn() + Send + Sync)) -> Result<Current, Failure> {
+    /// `epoch` is the sign-in epoch the caller read before it started: what this rotation hands out belongs to it.
+    pub(crate) async fn rotate(&self, withdraw: &(dyn Fn() + Send + Sync), epoch: u64) -> Result<Current, Failure> {
         let _turn = self.take_turn().await;
-        let epoch = self.epoch();
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(pending) = pending {
             return self.finish(pending, true, epoch).await;
@@ -625,7 +629,16 @@ impl Rotation {
             }
             self.keep_pending(kept);
         };
-        let done = || self.pending.lock().unwrap_or_else(|e| e.into_inner()).take().is_some();
+        // Takes the pending write if it is this one (same kind, same spent refresh token).
+        let done = || {
+            let mut kept = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let same = match (&*kept, &pending) {
+                (Some(Pending::Pair { spent: a, .. }), Pending::Pair { .. })
+                | (Some(Pending::Refusal { spent: a, .. }), Pending::Refusal { .. }) => *a == spent,
+                _ => false,
+            };
+            same && kept.take().is_some()
+        };
         for _ in 0..4 {
             let new = record.encode(next(replaces).map_err(Failure::alive)?);
             match self.swap(replaces, &new).await {
