@@ -660,3 +660,81 @@ async fn a_sign_in_right_after_an_invalidation_is_adopted_not_spent() {
     assert!(github.refresh_token_is_live(fresh.expose_refresh_token().unwrap()));
     assert_eq!(github.oauth_counts().double_spends, 0);
 }
+
+#[tokio::test]
+async fn tokens_in_an_answer_with_a_mistyped_field_count_as_spent() {
+    let github = FakeGitHub::start().await;
+    let client = Tamper::new(&github);
+    let user = builder(&github, MemoryStore::new()).build(client.clone()).unwrap();
+    user.sign_in(signed_in_tokens(&github).await).await.unwrap();
+    let token = user.token().await.unwrap();
+    client.rewrite(|value, _| value["expires_in"] = serde_json::json!(value["expires_in"].to_string()));
+    user.invalidate(&token);
+    assert!(user.token().await.is_err());
+    *client.rewrite.lock().unwrap() = None;
+    for _ in 0..3 {
+        let error = user.token().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ReauthorizationRequired, "{error}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let counts = github.oauth_counts();
+    assert_eq!((counts.refreshes, counts.double_spends), (1, 0), "{counts:?}");
+}
+
+/// Counts loads.
+#[derive(Clone, Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    loads: Arc<AtomicU64>,
+}
+
+impl UserTokenStore for CountingStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Versioned>> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        self.inner.load(key)
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<u64>,
+        new: &'a Versioned,
+    ) -> StoreFuture<'a, bool> {
+        self.inner.compare_and_swap(key, expected, new)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_without_a_refresh_token_are_used_to_their_end_without_spinning() {
+    let github = FakeGitHub::start().await;
+    github.set_user_token_lifetime(None);
+    let code = github.authorization_code("mona");
+    let issued = github.oauth_app().exchange_code(github.in_process(), &code, None).await.unwrap();
+    let store = CountingStore::default();
+    let user = builder(&github, store.clone()).build(github.in_process()).unwrap();
+    // An expiry but no refresh token: nothing can replace it; it ends in 2 s.
+    let ending = std::time::SystemTime::now() + Duration::from_secs(2);
+    user.sign_in(UserTokens::new(issued.expose_access_token(), None, Some(ending), None)).await.unwrap();
+    user.token().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(user.token().await.unwrap_err().kind(), ErrorKind::ReauthorizationRequired);
+    let loads = store.loads.load(Ordering::Relaxed);
+    assert!(loads < 50, "{loads} store loads in 2.5 s");
+
+    // A token that does not expire, signed in 60 days ago, serves.
+    let old = MemoryStore::new();
+    let record = serde_json::json!({
+        "access_token": issued.expose_access_token(),
+        "issued_at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+            - 60 * 86_400_000,
+    });
+    assert!(
+        old.compare_and_swap("mona", None, &Versioned { version: 1, record: record.to_string().into_bytes() })
+            .await
+            .unwrap()
+    );
+    let user = builder(&github, old).build(github.in_process()).unwrap();
+    let token = tokio::time::timeout(Duration::from_secs(5), user.token()).await.expect("no hang").unwrap();
+    assert_eq!(token.expose_secret(), issued.expose_access_token());
+    assert!(token.remaining() > Duration::from_secs(3600));
+}

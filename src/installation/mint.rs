@@ -134,6 +134,9 @@ pub(crate) struct Minted {
     pub(crate) received_at: Instant,
     pub(crate) expires: Instant,
     pub(crate) details: TokenDetails,
+    /// Whether anything can replace it before it expires (a user token without a refresh token cannot: it is used
+    /// until its end of use, not refreshed ahead).
+    pub(crate) refreshable: bool,
 }
 
 /// Sends one token request and reads the answer. Signing the JWT and the request share `params.timeout`. On a
@@ -360,7 +363,14 @@ fn read_token(
             humantime::format_rfc3339_seconds(server_now),
         )));
     }
-    Ok(Minted { authorization, expires_at, received_at, expires: received_at + lifetime, details: parsed.details })
+    Ok(Minted {
+        authorization,
+        expires_at,
+        received_at,
+        expires: received_at + lifetime,
+        details: parsed.details,
+        refreshable: true,
+    })
 }
 
 /// RFC 3339 with `Z` or a numeric offset, with or without fractional seconds.

@@ -83,7 +83,11 @@ impl Timing {
             source,
             replication: Default::default(),
         }
-        .with_times(minted.expires, minted.expires - margin, minted.expires - ahead)
+        .with_times(
+            minted.expires,
+            minted.expires - margin,
+            if minted.refreshable { minted.expires - ahead } else { minted.expires - margin },
+        )
     }
 }
 
@@ -158,6 +162,9 @@ pub(crate) struct Shared {
     /// Taken by publishing a minted token and by [`mint_now`](Shared::mint_now) (a sign-in or sign-out), so a user
     /// token rotated before a sign-in or sign-out is never published after it.
     epoch_gate: Mutex<()>,
+    /// Sign-ins and sign-outs so far (bumped under `epoch_gate`): a token taken aside (parked, withdrawn) before
+    /// one is not put back after it.
+    signins: AtomicU64,
     /// The token requests use. `None` before the first mint, after an invalidation, and while parked.
     pub(crate) current: ArcSwapOption<TokenEntry>,
     /// The token before the current one, kept alive while requests that carried it may still be answered.
@@ -208,6 +215,7 @@ impl Shared {
             timing,
             retry_now: Default::default(),
             epoch_gate: Mutex::new(()),
+            signins: AtomicU64::new(0),
             current: ArcSwapOption::empty(),
             previous: ArcSwapOption::empty(),
             parked: Mutex::new(None),
@@ -358,6 +366,7 @@ impl Shared {
             // Nothing from before the sign-in or sign-out serves after it: not the current token, not one parked
             // for a stopped refresher, not one waiting out its grace.
             let _gate = self.epoch_gate.lock().unwrap_or_else(|e| e.into_inner());
+            self.signins.fetch_add(1, Ordering::AcqRel);
             self.take_current_if(|_| true);
             self.parked.lock().unwrap_or_else(|e| e.into_inner()).take();
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -377,6 +386,16 @@ impl Shared {
         }
         self.replace_current(Some(token));
         true
+    }
+
+    /// Puts a token taken aside back as the current one (if there is none), unless a sign-in or sign-out came since
+    /// `seen` (the count of them when it was taken). Returns whether it was put back.
+    fn restore(&self, token: Arc<TokenEntry>, seen: u64) -> bool {
+        let _gate = self.epoch_gate.lock().unwrap_or_else(|e| e.into_inner());
+        if self.signins.load(Ordering::Acquire) != seen {
+            return false;
+        }
+        self.current.compare_and_swap(&None::<Arc<TokenEntry>>, Some(token)).is_none()
     }
 
     /// Whether a token minted in sign-in `epoch` (`None`: an installation token) may still be published.
@@ -405,6 +424,7 @@ impl Shared {
                 // this future is dropped (the last handle gone, the refresher replaced).
                 // A sign-in or sign-out during the rotation wins over it: the rotation runs again (and adopts
                 // the signed-in pair, or finds the user signed out).
+                let seen = self.signins.load(Ordering::Acquire);
                 let mut tries = 0;
                 let ((outcome, withdrawn), epoch) = loop {
                     let epoch = rotation.epoch();
@@ -443,7 +463,7 @@ impl Shared {
                         } else if let Some(token) = withdrawn
                             && Instant::now() < token.usable_until()
                         {
-                            let _ = self.current.compare_and_swap(&None::<Arc<TokenEntry>>, Some(token));
+                            self.restore(token, seen);
                         }
                         return Err(failure.error);
                     }
@@ -493,6 +513,7 @@ impl Shared {
             drop(refresher);
             tracing::info!(installation = self.params.installation_id, "the token refresher's runtime runs again");
             // Its token, if nobody restored it meanwhile, serves again.
+            let seen = self.signins.load(Ordering::Acquire);
             let restored = {
                 let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
                 match parked.take() {
@@ -504,7 +525,7 @@ impl Shared {
                 }
             };
             if let Some(token) = restored {
-                let _ = self.current.compare_and_swap(&None::<Arc<TokenEntry>>, Some(token));
+                self.restore(token, seen);
             }
             if matches!(*self.status.borrow(), Status::Stopped) {
                 self.status.send_replace(Status::Ready);
@@ -768,6 +789,7 @@ impl Handle {
     /// Restores a parked token (its refresher stopped or stalled) and starts a refresher on this runtime.
     fn unpark(&self, validity: Option<Duration>) -> Result<Option<Arc<TokenEntry>>, Error> {
         let shared = &self.shared;
+        let seen = shared.signins.load(Ordering::Acquire);
         let (token, generation) = {
             let mut parked = shared.parked.lock().unwrap_or_else(|e| e.into_inner());
             let Some((token, generation)) = parked.take() else {
@@ -789,11 +811,11 @@ impl Handle {
             replaced = generation,
             "restored the installation token of a stopped refresher"
         );
-        let restored = Arc::clone(&token);
-        let previous = shared.current.compare_and_swap(&None::<Arc<TokenEntry>>, Some(restored));
-        if previous.is_none() {
-            shared.watch_until(token.usable_until_real);
+        if !shared.restore(Arc::clone(&token), seen) {
+            // A sign-in or sign-out came in between: this token belongs to before it.
+            return Ok(None);
         }
+        shared.watch_until(token.usable_until_real);
         shared.status.send_replace(Status::Ready);
         Ok(is_valid(&token, Instant::now(), validity).then_some(token))
     }
@@ -937,11 +959,17 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                     expires_at = %humantime::format_rfc3339_seconds(token.expires_at()),
                     "token minted"
                 );
+                let due = token.refresh_at();
                 if !shared.publish_minted(token, epoch) {
                     // A sign-in or sign-out came after this rotation: rotate (adopt) again.
                     continue;
                 }
                 shared.status.send_replace(Status::Ready);
+                if due <= Instant::now() {
+                    // What was minted is already due (a lifetime shorter than the margins, a stored pair at its
+                    // end): minting again at once would only spin. Next attempt after the shortest backoff.
+                    retry_at = Some(Instant::now() + shared.backoff(1, Instant::now()));
+                }
             }
             Err(error) => {
                 failures += 1;

@@ -276,12 +276,13 @@ impl UserTokenBuilder {
                 "the user's store key is empty: use the user's login or id",
             ));
         }
-        if self.lease <= checked.timeout.saturating_mul(2) || self.lease > rotation::MAX_LEASE {
+        let usable = self.lease.saturating_sub(rotation::skew_margin(self.lease));
+        if usable <= checked.timeout.saturating_mul(2) || self.lease > rotation::MAX_LEASE {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!(
                     "the lease ({:?}) must be longer than twice mint_timeout ({:?}), which bounds the refresh and the \
-                     save it covers, and at most an hour (default 2 minutes)",
+                     save it covers, plus a tenth for clocks (at most 5 s), and at most an hour (default 2 minutes)",
                     self.lease, checked.timeout
                 ),
             ));
@@ -330,9 +331,11 @@ pub(crate) fn minted(current: Current) -> Result<Minted, Error> {
     let Current { tokens, issued_at } = current;
     let authorization = tokens.authorization()?;
     let now = SystemTime::now();
-    let age = now.duration_since(issued_at).unwrap_or_default();
+    // How old the token is, as far as the local times go: at most a day (the times are kept as millisecond offsets
+    // from it, and nothing reads an age beyond seconds).
+    let age = now.duration_since(issued_at).unwrap_or_default().min(NON_EXPIRING_RECHECK);
     let received_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-    let (expires_at, lifetime) = match tokens.expires_at {
+    let (expires_at, left) = match tokens.expires_at {
         Some(expires_at) => {
             let lifetime = expires_at.duration_since(issued_at).unwrap_or_default();
             if lifetime < Duration::from_secs(1) {
@@ -342,17 +345,21 @@ pub(crate) fn minted(current: Current) -> Result<Minted, Error> {
                     "GitHub issued a user access token that expires at once (expires_in 0); retrying with backoff",
                 ));
             }
-            (expires_at, lifetime)
+            // Looked at again within a day at the latest, however long it lives.
+            (expires_at, expires_at.duration_since(now).unwrap_or_default().min(NON_EXPIRING_RECHECK))
         }
         // A token that does not expire is looked at again daily.
-        None => (now + NON_EXPIRING_RECHECK, age + NON_EXPIRING_RECHECK),
+        None => (now + NON_EXPIRING_RECHECK, NON_EXPIRING_RECHECK),
     };
     Ok(Minted {
         authorization,
         expires_at,
         received_at,
-        expires: received_at + lifetime,
+        expires: Instant::now() + left,
         details: TokenDetails::default(),
+        // Without a refresh token nothing can replace it before it expires: it is used until then (a refresh would
+        // only hand out the same token again, at once). A token that does not expire is looked at again daily.
+        refreshable: tokens.refresh_token.is_some() || tokens.expires_at.is_none(),
     })
 }
 

@@ -457,9 +457,16 @@ pub(crate) struct RefreshError {
 
 /// Whether an answer GitHub sent holds tokens (however unusable): then it issued them, and spent what was traded.
 fn carries_tokens(body: &[u8]) -> bool {
-    serde_json::from_slice::<TokenAnswer>(body).is_ok_and(|answer| {
-        answer.access_token.is_some_and(|t| !t.is_empty()) || answer.refresh_token.is_some_and(|t| !t.is_empty())
-    })
+    // Read loosely: a field of an unexpected type elsewhere must not hide that tokens were issued.
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let present = |name: &str| match answer.get(name) {
+        Some(serde_json::Value::String(text)) => !text.is_empty(),
+        Some(serde_json::Value::Null) | None => false,
+        Some(_) => true,
+    };
+    present("access_token") || present("refresh_token")
 }
 
 /// What the token endpoint said.

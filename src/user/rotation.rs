@@ -240,6 +240,12 @@ const MAX_LOST_CLAIMS: u32 = 32;
 /// The longest lease a builder accepts; a lease dated further ahead (than this and [`LEASE_SKEW_SLACK`]) is void.
 pub(crate) const MAX_LEASE: Duration = Duration::from_secs(3600);
 
+/// What is kept clear at the end of a lease, for clocks of holders that disagree by a little: a tenth of the
+/// lease, at most 5 s.
+pub(crate) fn skew_margin(lease: Duration) -> Duration {
+    (lease / 10).min(Duration::from_secs(5))
+}
+
 /// How far ahead of this host's clock another holder's may be before its leases count as void.
 const LEASE_SKEW_SLACK: Duration = Duration::from_secs(600);
 
@@ -492,14 +498,16 @@ impl Rotation {
             // The lease must outlast the refresh and the save: a claim the store took long to answer is given back
             // unspent.
             let left = Duration::from_millis(u64::try_from(until.saturating_sub(ms(SystemTime::now()))).unwrap_or(0));
-            if left <= c.timeout.saturating_mul(2) {
+            let margin = skew_margin(c.lease);
+            if left <= c.timeout.saturating_mul(2) + margin {
                 let _ = self.swap(Some(claim.version), &released(record).encode(after_claim)).await;
                 settled();
                 return Err(Failure::alive(Error::new(
                     ErrorKind::Timeout,
                     format!(
                         "the store took the lease on the tokens of {:?} with only {left:?} of it left, less than a \
-                         refresh and a save may take (2 x {:?}): not spending the refresh token; retrying",
+                         refresh and a save may take (2 x {:?}, and {margin:?} for clocks): not spending the refresh \
+                         token; retrying",
                         scrub(&c.key),
                         c.timeout
                     ),
@@ -510,7 +518,7 @@ impl Rotation {
             // Its answer is awaited as long as the lease allows (less the save's share): an answer abandoned after
             // GitHub rotated would be a pair lost.
             withdraw();
-            let patience = left.saturating_sub(c.timeout);
+            let patience = left.saturating_sub(c.timeout).saturating_sub(margin);
             match c.oauth.refresh(&c.client, &refresh_token, &c.user_agent, patience).await {
                 Ok(tokens) => {
                     self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
