@@ -582,7 +582,7 @@ impl Service<Request<Full<Bytes>>> for WebDown {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unreachable_web_origin_leaves_the_current_token_in_use() {
     let github = FakeGitHub::start().await;
     let client = WebDown { inner: github.in_process(), down: Arc::default() };
@@ -590,9 +590,9 @@ async fn an_unreachable_web_origin_leaves_the_current_token_in_use() {
     user.sign_in(signed_in_tokens(&github).await).await.unwrap();
     let token = user.token().await.unwrap();
     client.down.store(true, Ordering::SeqCst);
-    // Asking for more validity than the token has left forces a refresh, which cannot even connect.
-    let error = user.token_valid_for(Duration::from_secs(7 * 3600 + 50 * 60)).await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::Transport, "{error}");
+    // Past the scheduled refresh (about 7 h 25 min into the 8 hours): it cannot even connect.
+    tokio::time::sleep(Duration::from_secs(7 * 3600 + 40 * 60)).await;
+    assert!(user.stats().failed > 0, "{:?}", user.stats());
     // Nothing was spent: the current token still serves.
     for _ in 0..5 {
         assert_eq!(user.token().await.unwrap().serial(), token.serial());
@@ -737,4 +737,70 @@ async fn tokens_without_a_refresh_token_are_used_to_their_end_without_spinning()
     let token = tokio::time::timeout(Duration::from_secs(5), user.token()).await.expect("no hang").unwrap();
     assert_eq!(token.expose_secret(), issued.expose_access_token());
     assert!(token.remaining() > Duration::from_secs(3600));
+}
+
+/// A store whose `changed` always answers at once.
+#[derive(Clone, Default)]
+struct Impatient(CountingStore);
+
+impl UserTokenStore for Impatient {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Versioned>> {
+        self.0.load(key)
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<u64>,
+        new: &'a Versioned,
+    ) -> StoreFuture<'a, bool> {
+        self.0.compare_and_swap(key, expected, new)
+    }
+
+    fn changed<'a>(&'a self, _: &'a str, _: Option<u64>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[tokio::test]
+async fn waiting_out_another_holders_lease_never_spins() {
+    let github = FakeGitHub::start().await;
+    let store = Impatient::default();
+    let seeder = builder(&github, store.0.inner.clone()).build(github.in_process()).unwrap();
+    seeder.sign_in(signed_in_tokens(&github).await).await.unwrap();
+    let stored = store.0.inner.load("mona").await.unwrap().unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&stored.record).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    record["lease"] = serde_json::json!({"holder": "other#1", "until": now + 1_000});
+    let leased = Versioned { version: stored.version + 1, record: record.to_string().into_bytes() };
+    assert!(store.0.inner.compare_and_swap("mona", Some(stored.version), &leased).await.unwrap());
+    let user = builder(&github, store.clone()).build(github.in_process()).unwrap();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = tokio::spawn({
+        let ticks = Arc::clone(&ticks);
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(5), user.token()).await.expect("no hang");
+    ticker.abort();
+    let loads = store.0.loads.load(Ordering::Relaxed);
+    assert!(loads < 200, "{loads} loads while waiting out a one-second lease");
+    assert!(ticks.load(Ordering::Relaxed) >= 20, "the runtime kept running other tasks");
+}
+
+#[tokio::test]
+async fn a_validity_no_user_token_can_have_is_refused_without_spending() {
+    let github = FakeGitHub::start().await;
+    let user = builder(&github, MemoryStore::new()).build(github.in_process()).unwrap();
+    user.sign_in(signed_in_tokens(&github).await).await.unwrap();
+    user.token().await.unwrap();
+    for _ in 0..5 {
+        let error = user.token_valid_for(Duration::from_secs(7 * 3600 + 45 * 60)).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidRequest, "{error}");
+    }
+    assert_eq!(github.oauth_counts().refreshes, 0);
 }

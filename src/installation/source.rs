@@ -729,7 +729,13 @@ impl Handle {
         let shared = &self.shared;
         if let Some(validity) = validity {
             let lifetime = Duration::from_millis(shared.lifetime_ms.load(Ordering::Relaxed));
-            if !lifetime.is_zero() && validity >= lifetime {
+            // A user token is replaced (which ends it) up to 1.2 × refresh_before ahead of expiry: no token can be
+            // valid for longer than what is left, and asking would only spend refresh tokens.
+            let longest = match &shared.minter {
+                Minter::User(_) => lifetime.saturating_sub(shared.timing.refresh_before.min(lifetime / 3).mul_f64(1.2)),
+                Minter::Installation { .. } => lifetime,
+            };
+            if !lifetime.is_zero() && validity >= longest {
                 return Err(too_long(validity, lifetime, shared.params.installation_id));
             }
         }

@@ -296,17 +296,30 @@ impl Rotation {
         c.lease.saturating_mul(3).saturating_add(c.timeout.saturating_mul(8)) + Duration::from_secs(1)
     }
 
-    /// Waits for this source's turn to rotate.
-    async fn take_turn(&self) -> Turn<'_> {
+    /// Waits for this source's turn to rotate: at most `mint_timeout`, so requests fail fast (and retry with
+    /// backoff) while another attempt of this source holds it, even one stuck on a runtime nobody drives.
+    async fn take_turn(&self) -> Result<Turn<'_>, Error> {
         let id = self.attempts.fetch_add(1, Ordering::Relaxed);
+        let give_up = Instant::now() + self.config.timeout;
         loop {
             {
                 let mut turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
                 let now = std::time::Instant::now();
                 if turn.is_none_or(|(_, until)| until <= now) {
                     *turn = Some((id, now + self.budget()));
-                    return Turn { rotation: self, id };
+                    return Ok(Turn { rotation: self, id });
                 }
+            }
+            if Instant::now() >= give_up {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "another rotation of the tokens of {:?} in this process has been under way for over {:?} \
+                         (or is stuck on a runtime that is not running it); retrying",
+                        scrub(&self.config.key),
+                        self.config.timeout
+                    ),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -345,6 +358,15 @@ impl Rotation {
 
     /// Waits for the record to change from `version`, at most `patience` (a store that panics is waited out).
     async fn changed(&self, version: u64, patience: Duration) {
+        let started = Instant::now();
+        // However soon the store says the record changed, at least this long between loads (a store whose
+        // `changed` answers at once must not turn the wait into a busy loop).
+        let floor = patience.min(Duration::from_millis(20));
+        self.changed_or_sleep(version, patience).await;
+        tokio::time::sleep(floor.saturating_sub(started.elapsed())).await;
+    }
+
+    async fn changed_or_sleep(&self, version: u64, patience: Duration) {
         let store = &*self.config.store;
         let key = self.config.key.as_str();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.changed(key, Some(version)))) {
@@ -364,7 +386,7 @@ impl Rotation {
     /// dead one.
     /// `epoch` is the sign-in epoch the caller read before it started: what this rotation hands out belongs to it.
     pub(crate) async fn rotate(&self, withdraw: &(dyn Fn() + Send + Sync), epoch: u64) -> Result<Current, Failure> {
-        let _turn = self.take_turn().await;
+        let _turn = self.take_turn().await.map_err(Failure::alive)?;
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(pending) = pending {
             return self.finish(pending, true, epoch).await;
@@ -530,17 +552,8 @@ impl Rotation {
                     return self.finish(pending, false, epoch).await;
                 }
                 Err(refused) if refused.spent || refused.error.kind() == ErrorKind::ReauthorizationRequired => {
-                    // Refused because another holder rotated it after all (our lease ran out on the way)? Then
-                    // the record holds that holder's pair.
-                    if let Ok(Some(current)) = self.load().await
-                        && let Ok(theirs) = Record::decode(&current)
-                        && theirs.reauthorize.is_none()
-                        && theirs.lease.is_none()
-                        && theirs.refresh_token.as_deref().is_some_and(|t| fingerprint(t) != spent)
-                    {
-                        settled();
-                        return Ok(self.adopt(&theirs, epoch));
-                    }
+                    // (Refused because another holder rotated it after all, our lease having run out on the way?
+                    // Then the record holds that holder's pair, and writing the mark gives way to it.)
                     let error = if refused.error.kind() == ErrorKind::ReauthorizationRequired {
                         refused.error
                     } else {
@@ -677,12 +690,10 @@ impl Rotation {
                             return Err(Failure::dead(signed_out(&self.config.key)));
                         }
                         // Ours to overwrite: what a holder that took over our lease left of our refresh token (a
-                        // refusal of it, or its claim), or, for a pair, any refusal (a live pair beats a mark).
-                        // Anything else is another pair, signed in meanwhile (and perhaps being rotated by its
-                        // holder): ours gives way to it.
+                        // refusal of it, or its claim). Anything else is another pair, signed in meanwhile (and
+                        // perhaps being rotated, or refused, since): ours gives way to it.
                         let ours = theirs.refresh_token.as_deref().is_some_and(|t| fingerprint(t) == spent);
-                        let refusal = theirs.reauthorize.is_some() && theirs.lease.is_none();
-                        if !(ours || matches!(pending, Pending::Pair { .. }) && refusal) {
+                        if !ours {
                             done();
                             if theirs.reauthorize.is_none()
                                 && theirs.lease.is_none()
