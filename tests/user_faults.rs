@@ -804,3 +804,15 @@ async fn a_validity_no_user_token_can_have_is_refused_without_spending() {
     }
     assert_eq!(github.oauth_counts().refreshes, 0);
 }
+
+#[tokio::test]
+async fn a_validity_the_current_token_can_meet_is_served_by_it() {
+    let github = FakeGitHub::start().await;
+    let user = builder(&github, MemoryStore::new()).build(github.in_process()).unwrap();
+    user.sign_in(signed_in_tokens(&github).await).await.unwrap();
+    let token = user.token().await.unwrap();
+    // Whatever the jitter, the fresh token is not replaced for 7 h 20 min of its 8 hours.
+    let served = user.token_valid_for(Duration::from_secs(7 * 3600 + 20 * 60)).await.unwrap();
+    assert_eq!(served.serial(), token.serial());
+    assert_eq!(github.oauth_counts().refreshes, 0);
+}

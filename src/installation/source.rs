@@ -729,13 +729,7 @@ impl Handle {
         let shared = &self.shared;
         if let Some(validity) = validity {
             let lifetime = Duration::from_millis(shared.lifetime_ms.load(Ordering::Relaxed));
-            // A user token is replaced (which ends it) up to 1.2 × refresh_before ahead of expiry: no token can be
-            // valid for longer than what is left, and asking would only spend refresh tokens.
-            let longest = match &shared.minter {
-                Minter::User(_) => lifetime.saturating_sub(shared.timing.refresh_before.min(lifetime / 3).mul_f64(1.2)),
-                Minter::Installation { .. } => lifetime,
-            };
-            if !lifetime.is_zero() && validity >= longest {
+            if !lifetime.is_zero() && validity >= lifetime {
                 return Err(too_long(validity, lifetime, shared.params.installation_id));
             }
         }
@@ -769,6 +763,16 @@ impl Handle {
                 _ => {}
             }
             if asked.is_none() {
+                if let (Some(validity), Minter::User(_)) = (validity, &shared.minter) {
+                    // The token there cannot serve that long. A fresh user token is replaced (which ends it) up to
+                    // 1.2 × refresh_before ahead of expiry: asking for more than that would only spend refresh
+                    // tokens.
+                    let lifetime = Duration::from_millis(shared.lifetime_ms.load(Ordering::Relaxed));
+                    let longest = lifetime.saturating_sub(shared.timing.refresh_before.min(lifetime / 3).mul_f64(1.2));
+                    if !lifetime.is_zero() && validity >= longest {
+                        return Err(too_long(validity, lifetime, shared.params.installation_id));
+                    }
+                }
                 asked = Some(current_serial);
                 shared.start(Start::IfStopped, &self.shutdown)?;
                 if let Some(validity) = validity {
