@@ -116,8 +116,8 @@ pub use auth::{
 };
 pub use error::{BoxError, Error, ErrorKind};
 pub use installation::{
-    ApiBase, Installation, InstallationBuilder, InstallationStats, InstallationToken, InstallationTokenUsed,
-    Repository, TokenScope,
+    ApiBase, HttpClient, Installation, InstallationBuilder, InstallationStats, InstallationToken,
+    InstallationTokenUsed, Repository, TokenScope,
 };
 pub use pool::{InstallationFor, InstallationPool, InstallationPoolBuilder, PoolStats, RevokeReport};
 pub use retry::{RetryBudget, RetryGaveUp, RetryOn401Policy};

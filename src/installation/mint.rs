@@ -26,26 +26,50 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// The HTTP client minting goes through, with its body types erased.
 pub(crate) type MintClient = BoxCloneSyncService<Request<Bytes>, Response<Bytes>, BoxError>;
 
-/// Wraps the user's HTTP service: the request body is built from `Bytes`, the response body is read whole
-/// (up to [`MAX_RESPONSE_BYTES`]).
-pub(crate) fn erase<S, B, ResB>(client: S) -> MintClient
-where
-    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: From<Bytes> + Send + 'static,
-    ResB: http_body::Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Into<BoxError>,
-{
-    let client = client.map_request(|req: Request<Bytes>| req.map(B::from)).map_err(Into::into).and_then(
-        |response: Response<ResB>| async move {
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::from_parts(parts, body))
-        },
-    );
-    BoxCloneSyncService::new(client)
+/// An HTTP client the crate sends its own requests through (token requests, installation lookups, OAuth
+/// requests): any tower `Service<Request<B>>` whose request body `B` can be built from [`Bytes`]
+/// (`Full<Bytes>`, for example) and whose response body can be read, cloneable and `Send + Sync` (a hyper-util
+/// client, octocrab's stack, anything tower). Implemented for every such service; it cannot be implemented
+/// otherwise. Wrap other clients with [`ServiceExt::map_request`](tower::ServiceExt::map_request).
+pub trait HttpClient<B>: sealed::Erase<B> {}
+
+impl<S: sealed::Erase<B>, B> HttpClient<B> for S {}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// Turns a client into the crate's own boxed form: the request body is built from `Bytes`, the response body
+    /// is read whole (up to [`MAX_RESPONSE_BYTES`]).
+    pub trait Erase<B> {
+        fn erase(self) -> BoxCloneSyncService<Request<Bytes>, Response<Bytes>, BoxError>;
+    }
+
+    impl<S, B, ResB> Erase<B> for S
+    where
+        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: From<Bytes> + Send + 'static,
+        ResB: http_body::Body + Send + 'static,
+        ResB::Data: Send,
+        ResB::Error: Into<BoxError>,
+    {
+        fn erase(self) -> BoxCloneSyncService<Request<Bytes>, Response<Bytes>, BoxError> {
+            let client = self.map_request(|req: Request<Bytes>| req.map(B::from)).map_err(Into::into).and_then(
+                |response: Response<ResB>| async move {
+                    let (parts, body) = response.into_parts();
+                    let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await?.to_bytes();
+                    Ok::<_, BoxError>(Response::from_parts(parts, body))
+                },
+            );
+            BoxCloneSyncService::new(client)
+        }
+    }
+}
+
+/// [`HttpClient`] in the crate's boxed form.
+pub(crate) fn erase<B>(client: impl HttpClient<B>) -> MintClient {
+    sealed::Erase::erase(client)
 }
 
 /// What a token is limited to: the body of the token request. Empty means the whole installation.

@@ -36,7 +36,7 @@ pub(crate) mod token;
 pub(crate) mod watchdog;
 
 pub use api_base::ApiBase;
-pub use mint::TokenScope;
+pub use mint::{HttpClient, TokenScope};
 pub use source::InstallationStats;
 pub use token::{InstallationToken, InstallationTokenUsed, Repository};
 
@@ -44,12 +44,10 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
-use tower::Service;
+use http::{HeaderValue, Request};
 
 use crate::app::GitHubApp;
-use crate::error::{BoxError, Error, ErrorKind};
+use crate::error::{Error, ErrorKind};
 use mint::MintParams;
 use settings::{INSTALLATION_TOKEN_LIFETIME, Settings};
 use source::{Handle, Shared};
@@ -158,21 +156,11 @@ impl InstallationBuilder {
     }
 
     /// Builds the token source. Tokens are minted through `client`: normally the same HTTP client the API
-    /// requests use, so proxies, TLS roots and timeouts apply to minting too. Its request body must be
-    /// constructible from [`Bytes`] (`Full<Bytes>`, for example); wrap other clients with
-    /// [`ServiceExt::map_request`](tower::ServiceExt::map_request).
+    /// requests use, so proxies, TLS roots and timeouts apply to minting too (any [`HttpClient`]: its request
+    /// body must be constructible from `Bytes`, as `Full<Bytes>` is).
     ///
     /// Nothing is sent until the first request or [`Installation::token`] call.
-    pub fn build<S, B, ResB>(self, client: S) -> Result<Installation, Error>
-    where
-        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: From<Bytes> + Send + 'static,
-        ResB: http_body::Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<BoxError>,
-    {
+    pub fn build<S: HttpClient<B>, B>(self, client: S) -> Result<Installation, Error> {
         let params = self.params()?;
         let scoped = !self.scope.is_empty();
         let minter = source::Minter::Installation { app: self.app, client: mint::erase(client) };
@@ -182,16 +170,7 @@ impl InstallationBuilder {
 
     /// Mints one token now, with no cache, refresher or retry: for one-off scripts and for inspecting exactly
     /// how GitHub answers. A clock-skew refusal still teaches the App the offset.
-    pub async fn mint_once<S, B, ResB>(&self, client: S) -> Result<InstallationToken, Error>
-    where
-        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: From<Bytes> + Send + 'static,
-        ResB: http_body::Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<BoxError>,
-    {
+    pub async fn mint_once<S: HttpClient<B>, B>(&self, client: S) -> Result<InstallationToken, Error> {
         let params = self.params()?;
         let minted = mint::mint_once(&self.app, &mint::erase(client), &params).await?;
         let entry = self.settings.timing.entry(

@@ -86,15 +86,15 @@ use std::time::Duration;
 
 use arc_swap::cache::Cache;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower::Service;
 
 use crate::app::GitHubApp;
 use crate::auth::{AccountRoute, OwnedAccountRoute, account_route, account_route_resolved};
-use crate::error::{BoxError, Error, ErrorKind};
+use crate::error::{Error, ErrorKind};
 use crate::installation::api_base::{Target, same_bytes};
+use crate::installation::mint::HttpClient;
 use crate::installation::mint::{self, MintClient, MintParams, api_request, mint_correcting_skew, send};
 use crate::installation::settings::{INSTALLATION_TOKEN_LIFETIME, Settings};
 use crate::installation::source::OVERSLEEP;
@@ -507,16 +507,7 @@ impl InstallationPoolBuilder {
 
     /// Builds the pool. Tokens are minted (and installations looked up) through `client`, normally the same
     /// HTTP client the API requests use. See [`InstallationBuilder::build`](crate::InstallationBuilder::build).
-    pub fn build<S, B, ResB>(self, client: S) -> Result<InstallationPool, Error>
-    where
-        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: From<Bytes> + Send + 'static,
-        ResB: http_body::Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<BoxError>,
-    {
+    pub fn build<S: HttpClient<B>, B>(self, client: S) -> Result<InstallationPool, Error> {
         let config = |message: &str| Error::new(ErrorKind::InvalidConfig, message);
         let checked = self.settings.check(INSTALLATION_TOKEN_LIFETIME)?;
         if self.max_installations == 0 {

@@ -54,13 +54,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use tokio::time::Instant;
-use tower::Service;
 
 use crate::app::GitHubApp;
-use crate::error::{BoxError, Error, ErrorKind};
+use crate::error::{Error, ErrorKind};
+use crate::installation::mint::HttpClient;
 use crate::installation::mint::{self, MintParams, Minted};
 use crate::installation::settings::Settings;
 use crate::installation::source::{Handle, Minter, Shared};
@@ -259,16 +258,7 @@ impl UserTokenBuilder {
     /// Builds the source. Refreshes go through `client` to the [`OAuthApp`]'s web origin; tokens are sent only
     /// to the API origin. Nothing is read or sent until the first request, [`UserToken::token`] or
     /// [`UserToken::sign_in`].
-    pub fn build<S, B, ResB>(self, client: S) -> Result<UserToken, Error>
-    where
-        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: From<Bytes> + Send + 'static,
-        ResB: http_body::Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<BoxError>,
-    {
+    pub fn build<S: HttpClient<B>, B>(self, client: S) -> Result<UserToken, Error> {
         let checked = self.settings.check(USER_TOKEN_LIFETIME)?;
         if self.key.is_empty() {
             return Err(Error::new(

@@ -9,10 +9,10 @@ use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
-use tower::Service;
 
-use crate::error::{BoxError, Error, ErrorKind, scrub};
+use crate::error::{Error, ErrorKind, scrub};
 use crate::installation::api_base::checked_origin;
+use crate::installation::mint::HttpClient;
 use crate::installation::mint::{self, MintClient};
 
 /// A GitHub App's OAuth identity (client ID and client secret) and the web origin its OAuth endpoints live on.
@@ -124,21 +124,12 @@ impl OAuthApp {
     /// `redirect_uri`, if given, must be the one the authorization used.
     ///
     /// A code works once and for ten minutes; a refused one is [`ErrorKind::AuthorizationFailed`].
-    pub async fn exchange_code<S, B, ResB>(
+    pub async fn exchange_code<S: HttpClient<B>, B>(
         &self,
         client: S,
         code: &str,
         redirect_uri: Option<&str>,
-    ) -> Result<UserTokens, Error>
-    where
-        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: From<Bytes> + Send + 'static,
-        ResB: http_body::Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<BoxError>,
-    {
+    ) -> Result<UserTokens, Error> {
         let mut fields = vec![("client_id", self.client_id.as_str()), ("client_secret", &self.client_secret)];
         fields.push(("code", code));
         if let Some(uri) = redirect_uri {
@@ -153,16 +144,7 @@ impl OAuthApp {
 
     /// The device flow's first step: a code for the user to enter at [`DeviceCode::verification_uri`]. Then
     /// [`poll_device`](Self::poll_device).
-    pub async fn start_device_flow<S, B, ResB>(&self, client: S) -> Result<DeviceCode, Error>
-    where
-        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: From<Bytes> + Send + 'static,
-        ResB: http_body::Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<BoxError>,
-    {
+    pub async fn start_device_flow<S: HttpClient<B>, B>(&self, client: S) -> Result<DeviceCode, Error> {
         let request = self.form_request("/login/device/code", &[("client_id", &self.client_id)])?;
         let response =
             mint::send(&mint::erase(client), request, self.timeout, "the device code request", &self.web_base).await?;
@@ -197,16 +179,7 @@ impl OAuthApp {
     /// The device flow's second step: polls GitHub, no faster than the interval it asked for (plus 5 s for every
     /// `slow_down`, or the interval a `slow_down` names), until the user approves (the tokens), denies
     /// ([`ErrorKind::AuthorizationFailed`]) or the code expires (the same).
-    pub async fn poll_device<S, B, ResB>(&self, client: S, code: &DeviceCode) -> Result<UserTokens, Error>
-    where
-        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: From<Bytes> + Send + 'static,
-        ResB: http_body::Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Into<BoxError>,
-    {
+    pub async fn poll_device<S: HttpClient<B>, B>(&self, client: S, code: &DeviceCode) -> Result<UserTokens, Error> {
         let client = mint::erase(client);
         let deadline = code.issued_at + code.expires_in;
         let mut interval = code.interval;
