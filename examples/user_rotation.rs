@@ -7,7 +7,8 @@
 //!
 //! As a worker (environment `TGA_API_BASE`, `TGA_WEB_BASE`, `TGA_STORE_DIR`, `TGA_ITERATIONS`) it prints one JSON
 //! line: its requests, failures, refreshes and adoptions. The test `two_processes_share_a_file_store_without_double_spends`
-//! runs it that way.
+//! runs it that way. With `TGA_REDIS_URL` and `TGA_REDIS_KEY` (base64) instead of `TGA_STORE_DIR` (and the
+//! `redis` feature), the worker keeps the tokens in Redis: `tests/redis.rs` runs it that way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::retry::RetryLayer;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_github_app::store::FileStore;
+use tower_github_app::store::{FileStore, UserTokenStore};
 use tower_github_app::testing::FakeGitHub;
 use tower_github_app::user::{OAuthApp, UserToken};
 use tower_github_app::{RetryOn401Policy, UserAuthLayer};
@@ -28,19 +29,28 @@ const TASKS: u64 = 4;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("TGA_REDIS_URL") {
+        use tower_github_app::redis::{EncryptionKey, RedisStore};
+        let key = EncryptionKey::from_base64(
+            &std::env::var("TGA_REDIS_KEY_ID").unwrap_or_else(|_| "fleet".into()),
+            &std::env::var("TGA_REDIS_KEY")?,
+        )?;
+        return worker(Arc::new(RedisStore::builder(&url, key).build()?)).await;
+    }
     match std::env::var("TGA_STORE_DIR") {
-        Ok(dir) => worker(&dir).await,
+        Ok(dir) => worker(Arc::new(FileStore::open(dir)?)).await,
         Err(_) => demo().await,
     }
 }
 
-async fn worker(dir: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn worker(store: Arc<dyn UserTokenStore>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let api_base = std::env::var("TGA_API_BASE")?;
     let web_base = std::env::var("TGA_WEB_BASE")?;
     let iterations: u64 = std::env::var("TGA_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(40);
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let oauth = OAuthApp::new(FakeGitHub::CLIENT_ID, FakeGitHub::CLIENT_SECRET).with_web_base(&web_base)?;
-    let user = UserToken::builder(oauth, FileStore::open(dir)?, "mona")
+    let user = UserToken::builder(oauth, store, "mona")
         .api_base(&api_base)
         .refresh_backoff(Duration::from_millis(5), Duration::from_millis(50))
         .build(client.clone())?;

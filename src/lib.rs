@@ -61,7 +61,11 @@ mod error;
 #[macro_use]
 pub mod installation;
 pub mod pool;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 pub mod retry;
+mod shared;
 mod source;
 pub mod store;
 #[cfg(feature = "test-util")]
@@ -105,7 +109,7 @@ fn testing_key() -> &'static str {
 }
 
 /// The README's snippets, compiled as doctests (and by `.ci/readme-check` with exactly its dependency lines).
-#[cfg(all(doctest, feature = "hyper-client", feature = "test-util"))]
+#[cfg(all(doctest, feature = "hyper-client", feature = "test-util", feature = "redis"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

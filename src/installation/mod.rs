@@ -76,7 +76,13 @@ pub struct Installation {
 impl Installation {
     /// Starts configuring the token source for `installation_id` of `app`.
     pub fn builder(app: GitHubApp, installation_id: u64) -> InstallationBuilder {
-        InstallationBuilder { app, installation_id, scope: TokenScope::new(), settings: Settings::default() }
+        InstallationBuilder {
+            app,
+            installation_id,
+            scope: TokenScope::new(),
+            settings: Settings::default(),
+            shared: None,
+        }
     }
 
     /// The current token, minting one first if there is none (or it is about to expire).
@@ -138,6 +144,7 @@ pub struct InstallationBuilder {
     installation_id: u64,
     scope: TokenScope,
     settings: Settings,
+    shared: Option<Arc<dyn crate::shared::SharedTokens>>,
 }
 
 impl InstallationBuilder {
@@ -155,6 +162,16 @@ impl InstallationBuilder {
         self
     }
 
+    /// Shares the installation's tokens with every process that uses the same Redis (and namespace): before
+    /// minting, the source takes the token another process minted, or mints under a lease that makes the others
+    /// wait for it. The request path does not change: it never touches Redis. See [`crate::redis`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_store(mut self, store: crate::redis::RedisStore) -> Self {
+        self.shared = Some(store.shared());
+        self
+    }
+
     /// Builds the token source. Tokens are minted through `client`: normally the same HTTP client the API
     /// requests use, so proxies, TLS roots and timeouts apply to minting too (any [`HttpClient`]: its request
     /// body must be constructible from `Bytes`, as `Full<Bytes>` is).
@@ -163,7 +180,7 @@ impl InstallationBuilder {
     pub fn build<S: HttpClient<B>, B>(self, client: S) -> Result<Installation, Error> {
         let params = self.params()?;
         let scoped = !self.scope.is_empty();
-        let minter = source::Minter::Installation { app: self.app, client: mint::erase(client) };
+        let minter = source::Minter::Installation { app: self.app, client: mint::erase(client), store: self.shared };
         let shared = Shared::new(minter, params, scoped, self.settings.timing);
         Ok(Installation { handle: Arc::new(Handle::new(shared)) })
     }
@@ -209,6 +226,7 @@ impl fmt::Debug for InstallationBuilder {
             .field("installation_id", &self.installation_id)
             .field("scope", &self.scope)
             .field("settings", &self.settings)
+            .field("shared", &self.shared.is_some())
             .finish_non_exhaustive()
     }
 }

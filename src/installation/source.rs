@@ -29,6 +29,7 @@ use super::token::{TokenEntry, replace_current, take_current_if};
 use super::watchdog::{self, Registration, Watched};
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind};
+use crate::shared::{Origin, SharedTokens, fingerprint, mint_through};
 use crate::user::rotation::Rotation;
 
 /// How long a request that needs a token waits for the refresher to take up its demand before it concludes that
@@ -108,6 +109,7 @@ enum Status {
 #[derive(Default)]
 struct Counters {
     mints: AtomicU64,
+    shared: AtomicU64,
     failed_mints: AtomicU64,
     waited_requests: AtomicU64,
     invalidations: AtomicU64,
@@ -118,8 +120,10 @@ struct Counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct InstallationStats {
-    /// Tokens minted.
+    /// Tokens minted (by this process).
     pub mints: u64,
+    /// Tokens taken from the [shared store](crate::InstallationBuilder::shared_store), minted by another process.
+    pub shared: u64,
     /// Mint attempts that failed.
     pub failed_mints: u64,
     /// Requests (and `token()` calls) that found no usable token and waited for a mint.
@@ -200,8 +204,8 @@ pub(crate) fn epoch() -> std::time::Instant {
 
 /// How a source gets its tokens.
 pub(crate) enum Minter {
-    /// An installation token: the App's JWT traded at the API.
-    Installation { app: GitHubApp, client: MintClient },
+    /// An installation token: the App's JWT traded at the API (or taken from the store other processes share).
+    Installation { app: GitHubApp, client: MintClient, store: Option<Arc<dyn SharedTokens>> },
     /// A user access token: rotated through the store and the web origin.
     User(Arc<Rotation>),
 }
@@ -337,7 +341,9 @@ impl Shared {
     /// a moment to publish.
     fn mint_budget(&self) -> Duration {
         match &self.minter {
-            Minter::Installation { .. } => self.params.timeout + Duration::from_secs(1),
+            Minter::Installation { store: None, .. } => self.params.timeout + Duration::from_secs(1),
+            // Waiting for another process's mint, then minting here.
+            Minter::Installation { store: Some(store), .. } => store.budget(self.params.timeout),
             // Up to three rotations when sign-ins keep coming in between.
             Minter::User(rotation) => rotation.budget().saturating_mul(3),
         }
@@ -410,12 +416,26 @@ impl Shared {
     async fn mint(self: &Arc<Self>) -> Result<(TokenEntry, Option<u64>), Error> {
         let source: Weak<dyn crate::source::Invalidate> = Arc::downgrade(self) as _;
         let (minted, epoch) = match &self.minter {
-            Minter::Installation { app, client } => {
+            Minter::Installation { app, client, store } => {
                 let failed = |error: &Error| {
                     self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
                 };
-                (mint_correcting_skew(app, client, &self.params, failed).await?, None)
+                let mint = || mint_correcting_skew(app, client, &self.params, failed);
+                let (minted, origin) = match store {
+                    None => (mint().await?, Origin::Minted),
+                    Some(store) => {
+                        let known = [&self.current, &self.previous]
+                            .map(|token| token.load().as_ref().map(|token| fingerprint(&token.authorization)));
+                        mint_through(&**store, app, &self.params, known, self.timing.refresh_before, mint).await?
+                    }
+                };
+                let counter = match origin {
+                    Origin::Minted => &self.counters.mints,
+                    Origin::Adopted => &self.counters.shared,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                (minted, None)
             }
             Minter::User(rotation) => {
                 // Spending the refresh token kills the access token requests hold: they wait for the new one.
@@ -456,7 +476,10 @@ impl Shared {
                     }
                 };
                 match outcome {
-                    Ok(current) => (crate::user::minted(current)?, epoch),
+                    Ok(current) => {
+                        self.counters.mints.fetch_add(1, Ordering::Relaxed);
+                        (crate::user::minted(current)?, epoch)
+                    }
                     Err(failure) => {
                         if failure.current_dead {
                             self.take_current_if(|_| true);
@@ -489,6 +512,7 @@ impl Shared {
         let c = &self.counters;
         InstallationStats {
             mints: c.mints.load(Ordering::Relaxed),
+            shared: c.shared.load(Ordering::Relaxed),
             failed_mints: c.failed_mints.load(Ordering::Relaxed),
             waited_requests: c.waited_requests.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
@@ -919,7 +943,6 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
         if !shared.is_live(generation) {
             // Replaced while minting (its runtime stalled): hand the token over rather than waste the mint.
             if let Ok((token, epoch)) = outcome {
-                shared.counters.mints.fetch_add(1, Ordering::Relaxed);
                 shared.adopt(token.share(), epoch);
             }
             return;
@@ -928,7 +951,6 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
             Ok((token, epoch)) => {
                 failures = 0;
                 retry_at = None;
-                shared.counters.mints.fetch_add(1, Ordering::Relaxed);
                 let wanted = shared.wanted.lock().unwrap_or_else(|e| e.into_inner()).take();
                 // A scheduled refresh while the old token still serves: keep stamping the old one while GitHub
                 // replicates the new one, so requests never meet a token GitHub may not know yet. Anyone who

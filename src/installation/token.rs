@@ -43,7 +43,7 @@ pub(crate) struct TokenEntry {
     pub(crate) replication: Replication,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub(crate) struct TokenDetails {
     #[serde(default)]
     pub(crate) permissions: BTreeMap<String, String>,

@@ -101,6 +101,7 @@ use crate::installation::source::OVERSLEEP;
 use crate::installation::token::TokenEntry;
 use crate::installation::watchdog::{Registration, Watched};
 use crate::installation::{ApiBase, InstallationToken, TokenScope};
+use crate::shared::{Origin, SharedTokens, mint_through};
 use crate::source::{Acquire, Route, TokenSource, own_copy};
 use lookup::{Github, Lookups, Subject};
 use slot::{Slot, SlotKey, SlotKeyRef};
@@ -128,8 +129,10 @@ pub enum InstallationFor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct PoolStats {
-    /// Tokens minted.
+    /// Tokens minted by this process.
     pub mints: u64,
+    /// Tokens taken from the [shared store](InstallationPoolBuilder::shared_store), minted by another process.
+    pub shared: u64,
     /// Mint attempts that failed.
     pub failed_mints: u64,
     /// Requests (and `token()` calls) that found no usable token and waited for a mint.
@@ -157,6 +160,7 @@ pub struct PoolStats {
 #[derive(Default)]
 pub(crate) struct Counters {
     mints: AtomicU64,
+    shared: AtomicU64,
     failed_mints: AtomicU64,
     waited_requests: AtomicU64,
     lookups: AtomicU64,
@@ -196,6 +200,8 @@ pub(crate) struct PoolInner {
     /// The pool's one registration with the watchdog thread, which checks that the scheduler keeps its
     /// deadlines and, when none runs, withdraws tokens whose time for requests is over.
     watchdog: Registration,
+    /// A store shared with other processes (the `redis` feature), asked before each mint.
+    shared: Option<Arc<dyn SharedTokens>>,
     this: Weak<PoolInner>,
 }
 
@@ -213,9 +219,13 @@ impl PoolInner {
         self.watchdog.schedule(this, at);
     }
 
-    /// The longest a mint can take: signing and the token request, plus a moment.
+    /// The longest a mint can take: signing and the token request, plus a moment (and, with a shared store, the
+    /// wait for another process's mint).
     fn mint_budget(&self) -> Duration {
-        self.mint_timeout + Duration::from_secs(1)
+        match &self.shared {
+            None => self.mint_timeout + Duration::from_secs(1),
+            Some(store) => store.budget(self.mint_timeout),
+        }
     }
 }
 
@@ -267,6 +277,7 @@ pub struct InstallationPoolBuilder {
     mint_rate: f64,
     not_installed_ttl: Duration,
     default_installation: Option<u64>,
+    shared: Option<Arc<dyn SharedTokens>>,
 }
 
 impl InstallationPool {
@@ -280,6 +291,7 @@ impl InstallationPool {
             mint_rate: 20.0,
             not_installed_ttl: Duration::from_secs(60),
             default_installation: None,
+            shared: None,
         }
     }
 
@@ -384,6 +396,7 @@ impl InstallationPool {
         self.inner.slots.run_pending_tasks();
         PoolStats {
             mints: n(&c.mints),
+            shared: n(&c.shared),
             failed_mints: n(&c.failed_mints),
             waited_requests: n(&c.waited_requests),
             lookups: n(&c.lookups),
@@ -505,6 +518,16 @@ impl InstallationPoolBuilder {
         self
     }
 
+    /// Shares the pool's tokens with every process that uses the same Redis (and namespace): before minting, the
+    /// pool takes the token another process minted, or mints under a lease that makes the others wait for it.
+    /// The request path does not change: it never touches Redis. See [`crate::redis`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared_store(mut self, store: crate::redis::RedisStore) -> Self {
+        self.shared = Some(store.shared());
+        self
+    }
+
     /// Builds the pool. Tokens are minted (and installations looked up) through `client`, normally the same
     /// HTTP client the API requests use. See [`InstallationBuilder::build`](crate::InstallationBuilder::build).
     pub fn build<S: HttpClient<B>, B>(self, client: S) -> Result<InstallationPool, Error> {
@@ -557,6 +580,7 @@ impl InstallationPoolBuilder {
             minting: Default::default(),
             mints_done: tokio::sync::Notify::new(),
             watchdog: Registration::new(),
+            shared: self.shared,
             this: this.clone(),
         };
         Ok(InstallationPool { inner: Arc::new_cyclic(inner) })
@@ -573,6 +597,7 @@ impl fmt::Debug for InstallationPoolBuilder {
             .field("mint_rate", &self.mint_rate)
             .field("not_installed_ttl", &self.not_installed_ttl)
             .field("default_installation", &self.default_installation)
+            .field("shared", &self.shared.is_some())
             .finish()
     }
 }
@@ -706,7 +731,8 @@ impl PoolInner {
         }
     }
 
-    /// One mint for `slot`, holding a mint permit.
+    /// One mint for `slot`, holding a mint permit; with a shared store, the token another process minted, or
+    /// one minted here under the store's lease (the permit is held only while this process mints).
     async fn mint(&self, slot: &Arc<Slot>, permit: OwnedSemaphorePermit) -> Result<Arc<TokenEntry>, Error> {
         let params = MintParams {
             api_base: self.api_base.clone(),
@@ -719,15 +745,36 @@ impl PoolInner {
             self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(installation = slot.key.installation, %error, "retrying the mint with a corrected clock");
         };
-        let minted = mint_correcting_skew(&self.app, &self.client, &params, failed).await;
-        drop(permit);
-        let minted = minted?;
-        self.counters.mints.fetch_add(1, Ordering::Relaxed);
+        let (minted, origin) = match &self.shared {
+            None => {
+                let minted = mint_correcting_skew(&self.app, &self.client, &params, failed).await;
+                drop(permit);
+                (minted?, Origin::Minted)
+            }
+            Some(shared) => {
+                drop(permit);
+                let mint = || async {
+                    let _permit = self.scheduler.permit().await;
+                    mint_correcting_skew(&self.app, &self.client, &params, failed).await
+                };
+                let refresh_before = self.settings.timing.refresh_before;
+                mint_through(&**shared, &self.app, &params, slot.fingerprints(), refresh_before, mint).await?
+            }
+        };
+        match origin {
+            Origin::Minted => self.counters.mints.fetch_add(1, Ordering::Relaxed),
+            Origin::Adopted => self.counters.shared.fetch_add(1, Ordering::Relaxed),
+        };
         // Uses count from the token's arrival: one that no request uses is not refreshed.
         slot.used.store(false, Ordering::Relaxed);
         let entry =
             self.settings.timing.entry(minted, slot.key.installation, slot.key.scope.is_some(), Slot::as_source(slot));
-        tracing::debug!(installation = slot.key.installation, serial = entry.serial, "installation token minted");
+        tracing::debug!(
+            installation = slot.key.installation,
+            serial = entry.serial,
+            ?origin,
+            "installation token ready"
+        );
         Ok(entry.share())
     }
 

@@ -194,6 +194,15 @@ impl Slot {
         self.current.load().as_ref().map(|token| token.usable_until_real)
     }
 
+    /// The fingerprints of its current and previous tokens: a shared store must not hand either back (one is
+    /// due, or GitHub refused it).
+    pub(crate) fn fingerprints(&self) -> [Option<crate::shared::Fingerprint>; 2] {
+        let of = |token: &arc_swap::Guard<Option<Arc<TokenEntry>>>| {
+            token.as_ref().map(|token| crate::shared::fingerprint(&token.authorization))
+        };
+        [of(&self.current.load()), of(&self.previous.load())]
+    }
+
     /// When its current token must be replaced, if it has one.
     pub(crate) fn refresh_at(&self) -> Option<Instant> {
         self.current.load().as_ref().map(|token| token.refresh_at())

@@ -44,15 +44,21 @@
 //! - `GET /user` (user access token: the only route that takes one; the repository routes answer `401` to it);
 //! - `GET /redirect?to=URL`: a `302` to `URL`, for testing that redirects never carry tokens elsewhere.
 //!
+//! [`RedisServer`] starts a real `redis-server` on a free loopback port, for the Redis store's tests and demos.
+//!
 //! Answers have GitHub's shape: they are rendered from the examples in GitHub's REST API description (full
 //! repositories, installations, the App), so typed clients decode them as they decode GitHub's.
 
 mod github;
 mod oauth;
+mod redis;
 mod server;
 
 pub use oauth::OAuthCounts;
-pub use server::{Credential, FakeGitHub, FakeGitHubBuilder, InProcess, MintFault, RecordedRequest, TokenState};
+pub use redis::RedisServer;
+pub use server::{
+    Credential, FakeGitHub, FakeGitHubBuilder, InProcess, MintFault, MintRecord, RecordedRequest, TokenState,
+};
 
 /// A 2048-bit RSA private key (PKCS#1 PEM) made for this crate's tests. It is public: never use it for a real
 /// App. The fake server trusts it for [`FakeGitHub::APP_ID`].

@@ -169,6 +169,19 @@ pub(super) struct State {
     requests: Vec<RecordedRequest>,
     mints: u64,
     mint_attempts: u64,
+    mint_log: Vec<MintRecord>,
+}
+
+/// One token the fake minted: for which installation, and when (see [`FakeGitHub::mint_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MintRecord {
+    /// The installation.
+    pub installation: u64,
+    /// The token's serial: 1 for the first token the fake minted, and so on.
+    pub serial: u64,
+    /// When it was minted.
+    pub at: std::time::Instant,
 }
 
 impl State {
@@ -380,6 +393,7 @@ impl FakeGitHub {
                 lasting_fault: None,
                 requests: Vec::new(),
                 mints: 0,
+                mint_log: Vec::new(),
                 mint_attempts: 0,
             },
         }
@@ -438,6 +452,12 @@ impl FakeGitHub {
     /// Tokens minted so far.
     pub fn mint_count(&self) -> u64 {
         self.state().mints
+    }
+
+    /// Every token minted so far, in order: which installation, when. For counting mints per installation and
+    /// per refresh across processes.
+    pub fn mint_log(&self) -> Vec<MintRecord> {
+        self.state().mint_log.clone()
     }
 
     /// Token requests received so far, answered or not.
@@ -1157,6 +1177,7 @@ fn mint(
 
     s.mints += 1;
     let serial = s.mints;
+    s.mint_log.push(MintRecord { installation: id, serial, at: std::time::Instant::now() });
     let token = if s.long_tokens {
         let filler: String = std::iter::repeat_with(fastrand::alphanumeric).take(480).collect();
         format!("ghs_{app}_eyJhbGciOiJSUzI1NiJ9.{}-{}_{}", &filler[..200], &filler[200..400], &filler[400..])
