@@ -169,8 +169,16 @@ async fn demo() -> Result<(), BoxError> {
             serde_json::from_slice(&output.stdout).unwrap_or_else(|_| serde_json::json!({"failed": 1}));
         failed += summary["failed"].as_u64().unwrap_or(1);
         println!(
-            "worker {n}: {} requests, {} failed, {} tokens minted here, {} taken from Redis, {} Redis round trips",
-            summary["requests"], summary["failed"], summary["mints"], summary["shared"], summary["round_trips"]
+            "worker {n}: {} requests, {} failed; {} tokens minted for the fleet, {} on its own, {} taken from Redis \
+             ({} waits for another's mint); {} Redis round trips, {} outages",
+            summary["requests"],
+            summary["failed"],
+            summary["leases"],
+            summary["local_mints"],
+            summary["shared"],
+            summary["waits"],
+            summary["round_trips"],
+            summary["outages"]
         );
     }
     let log = github.mint_log();

@@ -19,12 +19,15 @@ use crate::installation::mint::{MintParams, Minted};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What a token is shared under: the API origin and App (hashed, so that GitHub.com and a GHES host never mix),
-/// the installation and the scope (hashed). Readable in `redis-cli` and free of secrets.
+/// What a token is shared under: the App, the API origin (128 bits of its SHA-256, so that GitHub.com and a GHES
+/// host never mix), the installation and the scope (hashed). Readable in `redis-cli` and free of secrets. The
+/// whole origin is bound to every stored value too (see the store's sealing), so even a colliding hash opens
+/// nothing.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SharedKey {
     pub(crate) id: String,
-    pub(crate) installation: u64,
+    /// The API base, as the pool or source sends requests to it.
+    pub(crate) origin: String,
 }
 
 impl SharedKey {
@@ -34,15 +37,13 @@ impl SharedKey {
             AppId::ClientId(client) if client.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') => client.clone(),
             AppId::ClientId(client) => hex(&digest(client.as_bytes())[..8]),
         };
-        let origin = hex(&digest(params.api_base.to_string().as_bytes())[..4]);
+        let origin = params.api_base.to_string();
+        let origin_hash = hex(&digest(origin.as_bytes())[..16]);
         let scope = match &params.body {
             None => "all".to_owned(),
             Some(body) => hex(&digest(body)[..8]),
         };
-        SharedKey {
-            id: format!("app:{app_part}:{origin}:inst:{}:{scope}", params.installation_id),
-            installation: params.installation_id,
-        }
+        SharedKey { id: format!("app:{app_part}:{origin_hash}:inst:{}:{scope}", params.installation_id), origin }
     }
 }
 
@@ -83,9 +84,12 @@ pub(crate) struct Obtain<'a> {
     pub(crate) refresh_before: Duration,
     /// GitHub's clock minus the local one, in seconds (the App's).
     pub(crate) clock_offset: i64,
-    /// The longest one mint may take here (both attempts of a clock-corrected mint): the lease lasts a little
-    /// longer, and a waiter waits at most about that long for another holder.
+    /// The longest one mint may take here (both attempts of a clock-corrected mint): a waiter waits at most about
+    /// that long for another holder that keeps its lease.
     pub(crate) mint_budget: Duration,
+    /// Called when this process starts waiting for another one's mint: what it holds for minting (a pool's mint
+    /// permit) goes back meanwhile.
+    pub(crate) waiting: &'a (dyn Fn() + Send + Sync),
 }
 
 /// The store's answer.
@@ -136,10 +140,19 @@ pub(crate) fn mint_budget(mint_timeout: Duration) -> Duration {
 /// Where a token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
-    /// Minted by this process (for the fleet, or on its own).
+    /// Minted by this process on its own (no store, the store unavailable, or another holder too slow).
     Minted,
+    /// Minted by this process under the store's lease, and shared.
+    ForFleet,
     /// Minted by another process and taken from the store.
     Adopted,
+}
+
+impl Origin {
+    /// Whether other processes may hold the token too.
+    pub(crate) fn shared(self) -> bool {
+        self != Origin::Minted
+    }
 }
 
 /// A token for `params`: from the store if another process minted one this process would not refresh yet,
@@ -150,6 +163,7 @@ pub(crate) async fn mint_through<F, Fut>(
     params: &MintParams,
     avoid: [Option<Fingerprint>; 2],
     refresh_before: Duration,
+    waiting: &(dyn Fn() + Send + Sync),
     mint: F,
 ) -> Result<(Minted, Origin), crate::Error>
 where
@@ -163,6 +177,7 @@ where
         refresh_before,
         clock_offset: app.clock_offset(),
         mint_budget: mint_budget(params.timeout),
+        waiting,
     };
     match store.obtain(want).await {
         Obtained::Adopted(minted) => Ok((minted, Origin::Adopted)),
@@ -187,7 +202,7 @@ where
                 Ok(minted) => store.publish(lease, minted).await,
                 Err(_) => store.release(lease).await,
             }
-            minted.map(|minted| (minted, Origin::Minted))
+            minted.map(|minted| (minted, Origin::ForFleet))
         }
     }
 }

@@ -445,6 +445,31 @@ async fn a_second_process_takes_the_token_and_a_refused_one_is_replaced() {
 }
 
 #[tokio::test]
+async fn a_clean_shutdown_revokes_only_what_no_other_process_uses() {
+    let redis = RedisServer::start().unwrap();
+    let github = github_with(2, Duration::from_secs(3600)).await;
+    let (a, b) = (pool(&github, Some(&store(&redis))), pool(&github, Some(&store(&redis))));
+    assert_eq!(get(&a, &github, 1).await, 200);
+    assert_eq!(get(&b, &github, 1).await, 200);
+    // B shuts down: the token it took from Redis stays, A and the next process keep using it.
+    let report = b.revoke_all().await;
+    assert_eq!((report.revoked, report.kept_shared), (0, 1));
+    assert_eq!(get(&a, &github, 1).await, 200);
+    let c = pool(&github, Some(&store(&redis)));
+    assert_eq!(get(&c, &github, 1).await, 200);
+    assert_eq!((c.stats().shared, github.mint_count()), (1, 1));
+    // A token minted on its own (Redis unavailable) is this process's alone: revoked.
+    let unreachable = RedisStore::builder("redis://127.0.0.1:1/", key()).build().unwrap();
+    let d = pool(&github, Some(&unreachable));
+    assert_eq!(get(&d, &github, 2).await, 200);
+    let report = d.revoke_all().await;
+    assert_eq!((report.revoked, report.kept_shared), (1, 0));
+    // The minting process's shutdown leaves the shared token too.
+    assert_eq!(a.revoke_all().await.kept_shared, 1);
+    assert_eq!(get(&c, &github, 1).await, 200);
+}
+
+#[tokio::test]
 async fn redis_refusing_the_password_means_local_mints_and_one_warning() {
     let redis = RedisServer::start_with(&["--save", "", "--requirepass", "right-password"]).unwrap();
     let github = github_with(20, Duration::from_secs(3600)).await;
@@ -628,6 +653,36 @@ async fn a_slow_lease_holder_renews_its_lease_and_is_waited_for() {
     let stats = store_b.stats();
     assert_eq!((stats.waits, stats.adopted, stats.leases, stats.local_mints), (1, 1, 0, 0), "{stats:?}");
     assert_eq!(github.mint_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_lease_without_expiry_ends_like_a_lease() {
+    let redis = RedisServer::start().unwrap();
+    let github = github_with(1, Duration::from_secs(3600)).await;
+    let a = pool(&github, Some(&store(&redis)));
+    assert_eq!(get(&a, &github, 1).await, 200);
+    // Someone holds the lease for good, and the token is gone.
+    let keys: Vec<String> = command(&redis, &["KEYS", "*:tok"]).await;
+    let lease = keys[0].replace(":tok", ":lease");
+    let _: () = command(&redis, &["SET", &lease, "not-a-fence-of-ours"]).await;
+    let _: () = command(&redis, &["DEL", &keys[0]]).await;
+    let store_b = fast_store(&redis);
+    let b = InstallationPool::builder(github.app())
+        .api_base(&github.api_base())
+        .mint_timeout(Duration::from_secs(1))
+        .shared_store(store_b.clone())
+        .build(github.client())
+        .unwrap();
+    let asked = Instant::now();
+    assert_eq!(get(&b, &github, 1).await, 200);
+    let waited = asked.elapsed();
+    let stats = store_b.stats();
+    eprintln!("minted after {waited:?}: {stats:?}");
+    // Not a lease this crate wrote: it was given an expiry (one lease, 0.9 s), then taken over.
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!((stats.waits, stats.leases, stats.local_mints), (1, 1, 0));
+    assert!(stats.round_trips < 15, "{stats:?}");
+    assert_eq!(github.mint_count(), 2);
 }
 
 #[tokio::test]

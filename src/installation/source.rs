@@ -80,6 +80,7 @@ impl Timing {
             refresh_ms: 0,
             usable_until_real: real_time(minted.expires - margin),
             scoped,
+            shared: false,
             details: minted.details.intern(),
             source,
             replication: Default::default(),
@@ -427,11 +428,12 @@ impl Shared {
                     Some(store) => {
                         let known = [&self.current, &self.previous]
                             .map(|token| token.load().as_ref().map(|token| fingerprint(&token.authorization)));
-                        mint_through(&**store, app, &self.params, known, self.timing.refresh_before, mint).await?
+                        let refresh_before = self.timing.refresh_before;
+                        mint_through(&**store, app, &self.params, known, refresh_before, &|| {}, mint).await?
                     }
                 };
                 let counter = match origin {
-                    Origin::Minted => &self.counters.mints,
+                    Origin::Minted | Origin::ForFleet => &self.counters.mints,
                     Origin::Adopted => &self.counters.shared,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);

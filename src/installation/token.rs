@@ -34,6 +34,9 @@ pub(crate) struct TokenEntry {
     /// the refresher.
     pub(crate) usable_until_real: std::time::Instant,
     pub(crate) scoped: bool,
+    /// Whether other processes may use it too (it went through a shared store): a clean shutdown of this
+    /// process does not revoke it.
+    pub(crate) shared: bool,
     /// Shared by every token with the same permissions and repositories (most installations of an App have the
     /// same), so a pool of 15,000 tokens keeps a handful of copies.
     pub(crate) details: Arc<TokenDetails>,

@@ -307,7 +307,8 @@ impl InstallationPool {
     }
 
     /// Revokes `token` (`DELETE /installation/token`) and drops it from the pool. A token GitHub no longer
-    /// accepts counts as revoked.
+    /// accepts counts as revoked. A token shared through a [shared store](InstallationPoolBuilder::shared_store)
+    /// is revoked too: the other processes holding it get a `401`, drop it and mint a new one.
     pub async fn revoke(&self, token: &InstallationToken) -> Result<(), Error> {
         if let Some(source) = token.entry.source.upgrade() {
             source.invalidate(token.entry.serial);
@@ -316,7 +317,9 @@ impl InstallationPool {
     }
 
     /// Revokes every token this pool minted that GitHub may still accept, and empties the pool: for a clean
-    /// shutdown. Mints under way are waited for (up to twice the mint timeout) and their tokens revoked too.
+    /// shutdown. With a [shared store](InstallationPoolBuilder::shared_store), tokens that went through the store
+    /// (taken from it, or minted here and stored) are left alone, since other processes use them
+    /// ([`RevokeReport::kept_shared`]); only tokens this process minted on its own are revoked. Mints under way are waited for (up to twice the mint timeout) and their tokens revoked too.
     /// Tokens are revoked [`max_concurrent_mints`](InstallationPoolBuilder::max_concurrent_mints) at a time;
     /// every one is tried, and the first failures are reported. The pool stays usable: requests that arrive
     /// meanwhile or later mint new tokens (stop sending requests first for a clean shutdown).
@@ -343,6 +346,11 @@ impl InstallationPool {
         let mut seen = HashSet::new();
         tokens.retain(|token| now < token.expires() && seen.insert(token.serial));
         let mut report = RevokeReport::default();
+        // Tokens the fleet shares stay: other processes are using them.
+        tokens.retain(|token| {
+            report.kept_shared += usize::from(token.shared);
+            !token.shared
+        });
         let mut tasks = tokio::task::JoinSet::new();
         for token in tokens {
             let inner = Arc::clone(inner);
@@ -455,6 +463,8 @@ pub struct RevokeReport {
     pub failed: usize,
     /// Up to 10 of the errors.
     pub errors: Vec<Error>,
+    /// Tokens left alone because other processes share them (through a shared store).
+    pub kept_shared: usize,
 }
 
 impl RevokeReport {
@@ -752,23 +762,32 @@ impl PoolInner {
                 (minted?, Origin::Minted)
             }
             Some(shared) => {
-                drop(permit);
+                // The permit is held from the claim through the mint (a process never holds leases it cannot mint
+                // for yet), and given back only while this process waits for another one's mint.
+                let held = Mutex::new(Some(permit));
+                let waiting = || drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
                 let mint = || async {
-                    let _permit = self.scheduler.permit().await;
+                    let kept = held.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let _permit = match kept {
+                        Some(permit) => permit,
+                        None => self.scheduler.permit().await,
+                    };
                     mint_correcting_skew(&self.app, &self.client, &params, failed).await
                 };
                 let refresh_before = self.settings.timing.refresh_before;
-                mint_through(&**shared, &self.app, &params, slot.fingerprints(), refresh_before, mint).await?
+                let known = slot.fingerprints();
+                mint_through(&**shared, &self.app, &params, known, refresh_before, &waiting, mint).await?
             }
         };
         match origin {
-            Origin::Minted => self.counters.mints.fetch_add(1, Ordering::Relaxed),
+            Origin::Minted | Origin::ForFleet => self.counters.mints.fetch_add(1, Ordering::Relaxed),
             Origin::Adopted => self.counters.shared.fetch_add(1, Ordering::Relaxed),
         };
         // Uses count from the token's arrival: one that no request uses is not refreshed.
         slot.used.store(false, Ordering::Relaxed);
-        let entry =
+        let mut entry =
             self.settings.timing.entry(minted, slot.key.installation, slot.key.scope.is_some(), Slot::as_source(slot));
+        entry.shared = origin.shared();
         tracing::debug!(
             installation = slot.key.installation,
             serial = entry.serial,

@@ -19,8 +19,8 @@
 //!
 //! **Redis is an optimisation, never a point of failure.** Every Redis call is bounded
 //! ([`op_timeout`](RedisStoreBuilder::op_timeout), 500 ms by default). A call that fails or times out (Redis
-//! down, slow, refusing the password, out of memory) makes every process mint on its own, as it would without
-//! Redis, with a warning logged once per outage; calls are tried again after a short pause (0.5 s, doubling up to
+//! down, slow, refusing the password, out of memory) makes the process that met it mint on its own, as it would
+//! without Redis, with a warning logged once per outage; calls are tried again after a short pause (0.5 s, doubling up to
 //! [`retry_max`](RedisStoreBuilder::retry_max)), and sharing resumes with an `info` line when Redis answers. A
 //! key Redis evicted or lost is minted again. While Redis is away, each process mints at most once per
 //! installation per refresh, as a process alone does.
@@ -29,20 +29,23 @@
 //! another process spent it. Without Redis a [`UserToken`](crate::user::UserToken) never spends it: its access
 //! token serves until its end of use, and requests after that fail with
 //! [`ErrorKind::Store`] (each store call bounded by the op timeout, retried with the
-//! source's backoff) until Redis answers again. Keep user records on a Redis with persistence
-//! (`appendonly yes`, `appendfsync always`) and `maxmemory-policy noeviction`: a record lost after a rotation is a
-//! refresh token lost, and the user must authorize again.
+//! source's backoff) until Redis answers again. Keep user records on one Redis primary with persistence
+//! (`appendonly yes`, `appendfsync always`) and `maxmemory-policy noeviction` (eviction is instance-wide, and
+//! user records carry a TTL, so `volatile-*` policies evict them too): a record lost after a rotation (evicted,
+//! or lost in a failover to a replica that had not received it) is a refresh token lost or spent twice.
 //!
 //! **At rest**, values are sealed with AES-256-GCM under your [`EncryptionKey`], bound to their key name (and,
-//! for installation tokens, to the expiry stored beside them): a dump, a replica or a `MONITOR` shows no token,
-//! refresh token or JWT. Stored in clear: installation ids, expiry times (GitHub's UTC; each process converts them
-//! with its own clock offset), a 16-byte SHA-256 fingerprint of each token, record versions, lease fences.
-//! Installation tokens expire from Redis when they expire at GitHub (`PEXPIRE`); user records a day after their
-//! refresh token does.
+//! for installation tokens, to the API origin and to the expiry and fingerprint stored beside them): a dump, a
+//! replica or a `MONITOR` shows no token, refresh token or JWT, and a value moved to another key or altered does
+//! not open. Stored in clear: App ids, installation ids, hashes of API origins, scopes and user keys, expiry
+//! times (GitHub's UTC; each process converts them with its own clock offset), a 16-byte SHA-256 fingerprint of
+//! each token, record versions, lease fences. Installation tokens expire from Redis when they expire at GitHub
+//! (`PEXPIRE`); user records a day after their refresh token does (records of tokens that never expire are
+//! kept).
 //!
-//! **Keys**, for a namespace `tga` (the default): `tga:{app:<app>:<origin>:inst:<id>:<scope>}:tok` (a hash:
-//! `exp`, `life`, `fp`, `blob`), `…:lease`, `tga:{user:<hex of the user key>}:rec` (a hash: `v`, `blob`), and the
-//! channel `tga:minted`. The braces are Redis Cluster hash tags: each script touches one slot.
+//! **Keys**, for a namespace `tga` (the default): `tga:{app:<app>:<origin hash>:inst:<id>:<scope>}:tok` (a
+//! hash: `exp`, `life`, `fp`, `blob`), `…:lease`, `tga:{user:<hash of the user key>}:rec` (a hash: `v`,
+//! `blob`), and the channel `tga:minted`. The braces are Redis Cluster hash tags: each script touches one slot.
 //!
 //! ```no_run
 //! use tower_github_app::redis::{EncryptionKey, RedisStore};
@@ -81,7 +84,9 @@ use tokio::time::Instant;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::installation::mint::Minted;
 use crate::installation::token::{TokenDetails, TokenEntry};
-use crate::shared::{BoxFuture, Fingerprint, Lease, Obtain, Obtained, SharedKey, SharedTokens, fingerprint, hex};
+use crate::shared::{
+    BoxFuture, Fingerprint, Lease, Obtain, Obtained, SharedKey, SharedTokens, digest, fingerprint, hex,
+};
 use crate::store::{StoreFuture, UserTokenStore, Versioned};
 use crypto::Keys;
 
@@ -110,13 +115,14 @@ pub struct RedisStoreBuilder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct RedisStats {
-    /// Calls sent to Redis (a script invocation counts once).
+    /// Calls sent to Redis, connection attempts included (a script invocation counts once).
     pub round_trips: u64,
     /// Calls that failed or timed out.
     pub failures: u64,
     /// Times Redis became unavailable (each logged once).
     pub outages: u64,
-    /// Whether Redis is taken as unavailable now (calls wait for the next retry).
+    /// Whether Redis was unavailable at the last call (calls are skipped until the next try is due). Calls are
+    /// made only around mints, so this can stay set long after Redis is back, until the next mint.
     pub unavailable: bool,
     /// Installation tokens taken from Redis, minted by another process (or an earlier run of this one).
     pub adopted: u64,
@@ -126,9 +132,10 @@ pub struct RedisStats {
     pub local_mints: u64,
     /// Times a process waited for another one's mint.
     pub waits: u64,
-    /// Stored values that did not decrypt (foreign, altered, or under a key this store was not given).
+    /// Stored values (installation tokens and user records) that did not decrypt: foreign, altered, or sealed
+    /// under a key this store was not given.
     pub unreadable: u64,
-    /// Messages received on the store's channel.
+    /// Messages received on the store's channel, this process's own publications included.
     pub notifications: u64,
 }
 
@@ -175,6 +182,8 @@ struct Down {
     since: Instant,
     retry_at: Instant,
     failures: u32,
+    /// What the last call met, for the errors of the calls skipped meanwhile.
+    cause: String,
 }
 
 struct Scripts {
@@ -186,35 +195,51 @@ struct Scripts {
 }
 
 /// Takes a fresh token that is not to be avoided, else the lease, else says who holds it. Run twice with one
-/// fence (an answer lost with its connection), it answers the lease again.
-/// KEYS: tok, lease. ARGV: fence, lease ms, GitHub's now (ms), refresh_before (ms), fingerprints to avoid...
+/// fence (an answer lost with its connection), it answers the lease again. Values of the wrong type at its keys
+/// (not written by this crate) are deleted, and a lease without an expiry gets one: neither blocks the fleet.
+/// KEYS: tok, lease. ARGV: fence, lease ms, GitHub's now (ms), refresh_before (ms), '1' to take no stored token,
+/// fingerprints to avoid...
 const CLAIM: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
 local t = redis.call('HMGET', KEYS[1], 'exp', 'life', 'fp', 'blob')
-if t[4] then
+if t[4] and ARGV[5] ~= '1' then
   local exp = tonumber(t[1]) or 0
   local life = tonumber(t[2]) or 0
   local ahead = math.min(tonumber(ARGV[4]), life / 3) * 1.25
   local fresh = exp - tonumber(ARGV[3]) > ahead
-  for i = 5, #ARGV do
+  for i = 6, #ARGV do
     if t[3] == ARGV[i] then fresh = false end
   end
   if fresh then return {1, t[4], t[1], t[2], t[3]} end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 if redis.call('GET', KEYS[2]) == ARGV[1] then return {2} end
-return {3, redis.call('PTTL', KEYS[2])}
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl == -1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  ttl = tonumber(ARGV[2])
+end
+return {3, ttl}
 ";
 
 /// Stores a minted token if the lease is still the writer's (or free, and the token newer than the stored one),
 /// then frees the lease and tells the waiters.
 /// KEYS: tok, lease. ARGV: fence, exp, life, fp, blob, ttl ms, channel, message.
 const PUBLISH: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'string' and kind ~= 'none' then redis.call('DEL', KEYS[2]) end
 local holder = redis.call('GET', KEYS[2])
 local ours = holder == ARGV[1]
 if not ours and not holder then
   ours = (tonumber(redis.call('HGET', KEYS[1], 'exp')) or 0) < tonumber(ARGV[2])
 end
 if not ours then return 0 end
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'exp', ARGV[2], 'life', ARGV[3], 'fp', ARGV[4], 'blob', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 if holder == ARGV[1] then redis.call('DEL', KEYS[2]) end
@@ -224,7 +249,7 @@ return 1
 
 /// Frees a lease after a failed mint, and tells the waiters. KEYS: lease. ARGV: fence, channel, message.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
@@ -234,7 +259,9 @@ return 0
 
 /// Extends a lease its holder still holds (while it mints). KEYS: lease. ARGV: fence, lease ms.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 0
 ";
 
@@ -446,11 +473,7 @@ impl Inner {
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if let Some(retry_at) = self.retry_at()
-            && Instant::now() < retry_at
-        {
-            return Err(Unavailable("Redis is unavailable (waiting before trying it again)".into()));
-        }
+        self.skip_while_down()?;
         let mut fresh = false;
         loop {
             let (connection, new) = self.connection().await?;
@@ -464,22 +487,44 @@ impl Inner {
                 Ok(Err(error)) => error,
                 Err(_) => return Err(self.failed(format!("Redis did not answer within {:?}", self.op_timeout), false)),
             };
+            // A node demoted in a failover answers READONLY (or MASTERDOWN) on a connection that still works:
+            // the next connection finds the new primary.
+            let demoted = matches!(error.code(), Some("READONLY" | "MASTERDOWN"));
             let lost = error.is_io_error()
                 || error.is_connection_dropped()
                 || error.is_connection_refusal()
-                || error.is_timeout()
-                || error.is_unrecoverable_error();
-            if lost && !fresh {
+                || error.is_unrecoverable_error()
+                || demoted;
+            // A timeout says the server is slow, not that the connection broke: no second try.
+            if lost && !fresh && !error.is_timeout() {
                 *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 fresh = true;
                 continue;
+            }
+            // A value of the wrong type at one key (not written by this crate) fails that call only: Redis works.
+            let this_call_only = error.code() == Some("WRONGTYPE")
+                || matches!(error.kind(), ::redis::ErrorKind::UnexpectedReturnType | ::redis::ErrorKind::Parse);
+            if this_call_only {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(namespace = %self.namespace, %error, "a Redis call failed on an unexpected value");
+                return Err(Unavailable(format!("Redis answered with an error: {error}")));
             }
             return Err(self.failed(format!("Redis answered with an error: {error}"), lost));
         }
     }
 
-    fn retry_at(&self) -> Option<Instant> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|down| down.retry_at)
+    /// Refuses a call while Redis is taken as unavailable and its next try is not due.
+    fn skip_while_down(&self) -> Result<(), Unavailable> {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match health.as_ref() {
+            Some(down) if Instant::now() < down.retry_at => Err(Unavailable(format!(
+                "Redis has been unavailable for {:.1?} (tried again in {:.1?}); last: {}",
+                down.since.elapsed(),
+                down.retry_at.saturating_duration_since(Instant::now()),
+                down.cause
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The connection, made if there is none (then the flag is set).
@@ -491,11 +536,7 @@ impl Inner {
         if let Some(connection) = self.connection.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Ok((connection, true));
         }
-        if let Some(retry_at) = self.retry_at()
-            && Instant::now() < retry_at
-        {
-            return Err(Unavailable("Redis is unavailable (waiting before trying it again)".into()));
-        }
+        self.skip_while_down()?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.op_timeout))
             .set_response_timeout(Some(self.op_timeout));
@@ -532,12 +573,18 @@ impl Inner {
                     "Redis is unavailable: each process mints its own installation tokens (and user tokens are not \
                      rotated) until it answers again"
                 );
-                *health = Some(Down { since: now, retry_at: now + Duration::from_millis(500), failures: 1 });
+                *health = Some(Down {
+                    since: now,
+                    retry_at: now + Duration::from_millis(500),
+                    failures: 1,
+                    cause: cause.clone(),
+                });
             }
             Some(down) => {
                 down.failures = down.failures.saturating_add(1);
                 let pause = Duration::from_millis(500).saturating_mul(1 << down.failures.min(16).saturating_sub(1));
                 down.retry_at = now + pause.min(self.retry_max);
+                down.cause.clone_from(&cause);
                 tracing::debug!(namespace = %self.namespace, %cause, "Redis still unavailable");
             }
         }
@@ -604,11 +651,21 @@ impl Inner {
         }
     }
 
-    /// The token a claim handed over, if it is one this process can use.
-    fn open_token(&self, tok: &str, fields: &[Value], clock_offset: i64) -> Option<Minted> {
-        let [blob, exp, life, _fp] = fields else { return None };
-        let (Some(blob), Some(exp), Some(life)) = (bytes(blob), text(exp), text(life)) else { return None };
-        let aad = format!("{tok}|{exp}|{life}");
+    /// The token a claim handed over, if it is one this process can use: it opens under this key name, origin,
+    /// expiry and fingerprint, its fingerprint is the one stored, it is none to avoid, and it has a second left.
+    fn open_token(
+        &self,
+        tok: &str,
+        key: &SharedKey,
+        fields: &[Value],
+        avoid: &[Fingerprint],
+        clock_offset: i64,
+    ) -> Option<Minted> {
+        let [blob, exp, life, fp] = fields else { return None };
+        let (Some(blob), Some(exp), Some(life), Some(fp)) = (bytes(blob), text(exp), text(life), text(fp)) else {
+            return None;
+        };
+        let aad = sealed_with(tok, &exp, &life, &fp, &key.origin);
         let plain = match self.keys.open(&blob, aad.as_bytes()) {
             Ok(plain) => plain,
             Err(why) => {
@@ -624,6 +681,10 @@ impl Inner {
         }
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", stored.token)).ok()?;
         authorization.set_sensitive(true);
+        let opened = fingerprint(&authorization);
+        if hex(&opened) != fp || avoid.contains(&opened) {
+            return None;
+        }
         let github_now = github_millis(clock_offset);
         let remaining = Duration::from_millis(u64::try_from(exp.checked_sub(github_now)?).ok()?);
         if remaining < Duration::from_secs(1) {
@@ -648,6 +709,12 @@ impl Drop for Inner {
             task.abort();
         }
     }
+}
+
+/// What a stored installation token is bound to besides its bytes: its key name, the fields stored beside it,
+/// and the API origin it is for.
+fn sealed_with(tok: &str, exp: &str, life: &str, fp: &str, origin: &str) -> String {
+    format!("{tok}|{exp}|{life}|{fp}|{origin}")
 }
 
 /// GitHub's now, in milliseconds since the epoch, as this process reckons it.
@@ -785,6 +852,7 @@ fn read_claim(value: Value) -> Option<Claim> {
     match (&items[0], rest.as_slice()) {
         (Value::Int(1), [_, _, _, _]) => Some(Claim::Adopt(rest)),
         (Value::Int(2), []) => Some(Claim::Leased),
+        // A lease without an expiry (PTTL -1: not one this crate wrote) reads as zero: polled, never spun on.
         (Value::Int(3), [Value::Int(ttl)]) => {
             Some(Claim::Held(Duration::from_millis(u64::try_from(*ttl).unwrap_or(0))))
         }
@@ -798,11 +866,13 @@ impl SharedTokens for Inner {
             let (tok, lease) = self.token_keys(want.key);
             let fence = self.fence();
             let lease_ms = self.lease.as_millis();
-            let mut avoid: Vec<Fingerprint> = want.avoid.iter().flatten().copied().collect();
+            let avoid: Vec<Fingerprint> = want.avoid.iter().flatten().copied().collect();
             // A holder that keeps renewing its lease gets the time of its whole mint before this process mints on
             // its own; one that died stops renewing, and its lease ends within `lease`: then a waiter takes it.
             let give_up = Instant::now() + self.patience(want.mint_budget);
             let mut waited = false;
+            // Set once the stored token proved unusable: the next claim takes the lease and overwrites it.
+            let mut take_none = false;
             loop {
                 let mut waiter = self.waiter(&want.key.id);
                 let mut claim = self.scripts.claim.key(&tok);
@@ -811,7 +881,8 @@ impl SharedTokens for Inner {
                     .arg(&fence)
                     .arg(lease_ms.to_string())
                     .arg(github_millis(want.clock_offset))
-                    .arg(want.refresh_before.as_millis().to_string());
+                    .arg(want.refresh_before.as_millis().to_string())
+                    .arg(if take_none { "1" } else { "0" });
                 for fp in &avoid {
                     claim.arg(hex(fp));
                 }
@@ -830,19 +901,18 @@ impl SharedTokens for Inner {
                 };
                 match read_claim(answer) {
                     Some(Claim::Adopt(fields)) => {
-                        if let Some(minted) = self.open_token(&tok, &fields, want.clock_offset) {
+                        if let Some(minted) = self.open_token(&tok, want.key, &fields, &avoid, want.clock_offset) {
                             self.counters.adopted.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(key = ?want.key, "installation token taken from Redis");
                             return Obtained::Adopted(minted);
                         }
-                        // Unusable: as if there were none (at most one retry per stored token).
-                        match fields.get(3).and_then(text).and_then(|fp| parse_fingerprint(&fp)) {
-                            Some(fp) if !avoid.contains(&fp) => avoid.push(fp),
-                            _ => {
-                                self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
-                                return Obtained::Local;
-                            }
+                        if take_none {
+                            // A claim that takes no stored token never answers with one.
+                            self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
+                            return Obtained::Local;
                         }
+                        // Unusable (altered, refused here, sealed under another key): as if there were none.
+                        take_none = true;
                     }
                     Some(Claim::Leased) => {
                         self.counters.leases.fetch_add(1, Ordering::Relaxed);
@@ -862,8 +932,12 @@ impl SharedTokens for Inner {
                         if !waited {
                             waited = true;
                             self.counters.waits.fetch_add(1, Ordering::Relaxed);
+                            (want.waiting)();
                         }
-                        let pause = ttl.max(Duration::from_millis(1)).min(self.poll).min(give_up - now);
+                        // Until the lease ends or the poll interval passes; at least a few ms, so that a lease that
+                        // has no expiry or just ended does not make this spin.
+                        let pause = if ttl.is_zero() { self.poll } else { ttl.min(self.poll) };
+                        let pause = pause.max(Duration::from_millis(5)).min(give_up - now);
                         waiter.wait(pause).await;
                     }
                     None => {
@@ -889,7 +963,8 @@ impl SharedTokens for Inner {
                 details: minted.details.clone(),
             };
             let Ok(plain) = serde_json::to_vec(&stored) else { return };
-            let aad = format!("{tok}|{exp}|{life}");
+            let fp = hex(&fingerprint(&minted.authorization));
+            let aad = sealed_with(&tok, &exp.to_string(), &life.to_string(), &fp, &lease.key.origin);
             let blob = match self.keys.seal(&plain, aad.as_bytes()) {
                 Ok(blob) => blob,
                 Err(error) => {
@@ -903,7 +978,7 @@ impl SharedTokens for Inner {
                 .arg(&lease.fence)
                 .arg(exp)
                 .arg(life.to_string())
-                .arg(hex(&fingerprint(&minted.authorization)))
+                .arg(&fp)
                 .arg(blob)
                 .arg(ttl.to_string())
                 .arg(&self.channel)
@@ -959,27 +1034,22 @@ impl SharedTokens for Inner {
     }
 }
 
-fn parse_fingerprint(text: &str) -> Option<Fingerprint> {
-    if text.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 impl RedisStore {
+    /// The id a user record is stored and announced under: a hash of the user key (which may be a login or an
+    /// email address), not the key itself.
+    fn record_id(key: &str) -> String {
+        format!("user:{}", hex(&digest(key.as_bytes())[..16]))
+    }
+
     fn record_key(&self, key: &str) -> String {
-        format!("{}:{{user:{}}}:rec", self.inner.namespace, hex(key.as_bytes()))
+        format!("{}:{{{}}}:rec", self.inner.namespace, Self::record_id(key))
     }
 }
 
 fn store_error(what: &str, key: &str, cause: impl fmt::Display) -> BoxError {
     Box::new(Error::new(
         ErrorKind::Store,
-        format!("{what} the user record {:?} in Redis failed: {cause}", crate::error::scrub(key)),
+        format!("{what} Redis failed (user record {:?}): {cause}", crate::error::scrub(key)),
     ))
 }
 
@@ -994,15 +1064,17 @@ fn check_user_key(key: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// When Redis may forget a user record: a day after its refresh token expires, if the record says when.
+/// When Redis may forget a user record: a day after its refresh token expires (a day from now if it already
+/// has), if the record says when. A record without that time (tokens that never expire) is kept.
 fn record_ttl(record: &[u8]) -> Option<u64> {
     #[derive(Deserialize)]
     struct Expiry {
         refresh_token_expires_at: Option<i64>,
     }
+    const DAY_MS: i64 = 24 * 3600 * 1000;
     let expiry = serde_json::from_slice::<Expiry>(record).ok()?.refresh_token_expires_at?;
-    let left = expiry.checked_sub(TokenEntry::millis_since_epoch(SystemTime::now()))?;
-    u64::try_from(left).ok()?.checked_add(24 * 3600 * 1000)
+    let left = expiry.saturating_sub(TokenEntry::millis_since_epoch(SystemTime::now()));
+    u64::try_from(left.max(0).saturating_add(DAY_MS)).ok()
 }
 
 impl UserTokenStore for RedisStore {
@@ -1024,15 +1096,15 @@ impl UserTokenStore for RedisStore {
                         }
                     })
                     .await
-                    .map_err(|cause| store_error("reading", key, cause))?
+                    .map_err(|cause| store_error("reading from", key, cause))?
             };
             let (Some(version), Some(blob)) = read else { return Ok(None) };
             let version: u64 =
-                version.parse().map_err(|_| store_error("reading", key, "its version is not a number"))?;
+                version.parse().map_err(|_| store_error("reading from", key, "its version is not a number"))?;
             let aad = format!("{rec}|{version}");
             let record = self.inner.keys.open(&blob, aad.as_bytes()).map_err(|why| {
                 self.inner.counters.unreadable.fetch_add(1, Ordering::Relaxed);
-                store_error("reading", key, why)
+                store_error("reading from", key, why)
             })?;
             Ok(Some(Versioned { version, record }))
         })
@@ -1056,7 +1128,7 @@ impl UserTokenStore for RedisStore {
                 .arg(blob)
                 .arg(ttl)
                 .arg(&self.inner.channel)
-                .arg(format!("user:{}", hex(key.as_bytes())));
+                .arg(Self::record_id(key));
             let swapped = self
                 .inner
                 .call(|mut connection| {
@@ -1064,7 +1136,7 @@ impl UserTokenStore for RedisStore {
                     async move { swap.invoke_async::<i64>(&mut connection).await }
                 })
                 .await
-                .map_err(|cause| store_error("writing", key, cause))?;
+                .map_err(|cause| store_error("writing to", key, cause))?;
             Ok(swapped == 1)
         })
     }
@@ -1075,7 +1147,7 @@ impl UserTokenStore for RedisStore {
         version: Option<u64>,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            let mut waiter = self.inner.waiter(&format!("user:{}", hex(key.as_bytes())));
+            let mut waiter = self.inner.waiter(&Self::record_id(key));
             let rec = self.record_key(key);
             let now = self
                 .inner
