@@ -685,6 +685,105 @@ async fn a_foreign_lease_without_expiry_ends_like_a_lease() {
     assert_eq!(github.mint_count(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_holds_no_more_leases_than_it_can_mint_for() {
+    let redis = RedisServer::start().unwrap();
+    let github = github_with(4, Duration::from_secs(3600)).await;
+    // H mints one token at a time, each taking 1.5 s.
+    let h = InstallationPool::builder(github.app())
+        .api_base(&github.api_base())
+        .max_concurrent_mints(1)
+        .shared_store(fast_store(&redis))
+        .build(Slow { inner: github.client(), delay: Duration::from_millis(1500) })
+        .unwrap();
+    let tasks: Vec<_> = (1..=4)
+        .map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move { h.token(InstallationFor::Id(i), None).await.map(|_| ()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leases: Vec<String> = command(&redis, &["KEYS", "*:lease"]).await;
+    assert_eq!(leases.len(), 1, "a lease only for the mint under way");
+    // W, with permits to spare, mints the three others at once instead of waiting behind H.
+    let w = pool(&github, Some(&fast_store(&redis)));
+    let asked = Instant::now();
+    let requests: Vec<_> = (1..=4)
+        .map(|i| {
+            let (w, client, base) = (w.clone(), github.client(), github.api_base());
+            tokio::spawn(async move {
+                let client = ServiceBuilder::new().layer(AppAuthLayer::new(w)).service(client);
+                let mut request = Request::get(format!("{base}/installation/repositories"))
+                    .body(Full::<Bytes>::default())
+                    .unwrap();
+                request.extensions_mut().insert(InstallationFor::Id(i));
+                client.oneshot(request).await.unwrap().status()
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let waited = asked.elapsed();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    eprintln!("w served in {waited:?}; w {:?}", w.stats());
+    // At most H's one mint under way (1.5 s), not H's four in a row (6 s).
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(github.mint_count(), 4, "one mint per installation, fleet-wide");
+}
+
+#[tokio::test]
+async fn tokens_are_never_shared_across_api_origins() {
+    let redis = RedisServer::start().unwrap();
+    let github = github_with(1, Duration::from_secs(3600)).await;
+    let a = pool(&github, Some(&store(&redis)));
+    assert_eq!(get(&a, &github, 1).await, 200);
+    // The same App and installation, another origin (the same fake, named another way).
+    let other = github.api_base().replace("127.0.0.1", "localhost");
+    let b = InstallationPool::builder(github.app())
+        .api_base(&other)
+        .shared_store(store(&redis))
+        .build(github.client())
+        .unwrap();
+    b.token(InstallationFor::Id(1), None).await.unwrap();
+    assert_eq!((b.stats().shared, b.stats().mints, github.mint_count()), (0, 1, 2));
+    let keys: Vec<String> = command(&redis, &["KEYS", "*:tok"]).await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+#[tokio::test]
+async fn garbage_at_one_key_is_replaced_and_leaves_the_others_shared() {
+    let redis = RedisServer::start().unwrap();
+    let github = github_with(2, Duration::from_secs(3600)).await;
+    let a = pool(&github, Some(&store(&redis)));
+    for i in 1..=2 {
+        assert_eq!(get(&a, &github, i).await, 200);
+    }
+    let keys: Vec<String> = command(&redis, &["KEYS", "*inst:1:*:tok"]).await;
+    // A string where the token's hash was, and a lease that is a list.
+    let _: () = command(&redis, &["SET", &keys[0], "garbage"]).await;
+    let _: () = command(&redis, &["RPUSH", &keys[0].replace(":tok", ":lease"), "x"]).await;
+    let store_b = store(&redis);
+    let b = pool(&github, Some(&store_b));
+    for i in 1..=2 {
+        assert_eq!(get(&b, &github, i).await, 200);
+    }
+    // Installation 1 minted again (under the lease) and stored over the garbage; 2 still shared.
+    assert_eq!((b.stats().mints, b.stats().shared, github.mint_count()), (1, 1, 3));
+    assert!(!store_b.stats().unavailable && store_b.stats().outages == 0, "{:?}", store_b.stats());
+    let c = pool(&github, Some(&store(&redis)));
+    assert_eq!(get(&c, &github, 1).await, 200);
+    assert_eq!(c.stats().shared, 1);
+    // A fingerprint altered (to make a refused token look new, say): the value does not open, and is replaced.
+    let _: () = command(&redis, &["HSET", &keys[0], "fp", "00000000000000000000000000000000"]).await;
+    let store_d = store(&redis);
+    let d = pool(&github, Some(&store_d));
+    assert_eq!(get(&d, &github, 1).await, 200);
+    assert_eq!((d.stats().mints, store_d.stats().unreadable, github.mint_count()), (1, 1, 4));
+}
+
 #[tokio::test]
 async fn keys_rotate_and_unreadable_values_are_never_used() {
     let redis = RedisServer::start().unwrap();
