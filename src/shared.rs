@@ -87,9 +87,28 @@ pub(crate) struct Obtain<'a> {
     /// The longest one mint may take here (both attempts of a clock-corrected mint): a waiter waits at most about
     /// that long for another holder that keeps its lease.
     pub(crate) mint_budget: Duration,
-    /// Called when this process starts waiting for another one's mint: what it holds for minting (a pool's mint
-    /// permit) goes back meanwhile.
-    pub(crate) waiting: &'a (dyn Fn() + Send + Sync),
+    /// What the source holds to mint (a pool's mint permit): given back while this process waits for another
+    /// one's mint, and taken again before each claim, so that a lease is only ever taken with it in hand.
+    pub(crate) turn: &'a dyn Turn,
+}
+
+/// A source's right to mint now (a pool's mint permit), which a process must hold whenever it claims.
+pub(crate) trait Turn: Send + Sync {
+    /// Gives it back, while this process waits for another one's mint.
+    fn pause(&self);
+    /// Takes it again (waits for it), before the next claim.
+    fn resume(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The turn of a source that mints whenever it needs (a single installation).
+pub(crate) struct AlwaysTurn;
+
+impl Turn for AlwaysTurn {
+    fn pause(&self) {}
+
+    fn resume(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The store's answer.
@@ -120,6 +139,10 @@ pub(crate) trait SharedTokens: Send + Sync + 'static {
 
     /// Gives the lease back after a failed mint, waking the waiters so that one of them tries.
     fn release(&self, lease: Lease) -> BoxFuture<'_, ()>;
+
+    /// Drops the stored token for `key` if it is the one with fingerprint `fp` (it was revoked), and tells the
+    /// waiters.
+    fn forget<'a>(&'a self, key: &'a SharedKey, fp: Fingerprint) -> BoxFuture<'a, ()>;
 
     /// Extends the lease while its holder mints.
     fn renew<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, ()>;
@@ -163,7 +186,7 @@ pub(crate) async fn mint_through<F, Fut>(
     params: &MintParams,
     avoid: [Option<Fingerprint>; 2],
     refresh_before: Duration,
-    waiting: &(dyn Fn() + Send + Sync),
+    turn: &dyn Turn,
     mint: F,
 ) -> Result<(Minted, Origin), crate::Error>
 where
@@ -177,7 +200,7 @@ where
         refresh_before,
         clock_offset: app.clock_offset(),
         mint_budget: mint_budget(params.timeout),
-        waiting,
+        turn,
     };
     match store.obtain(want).await {
         Obtained::Adopted(minted) => Ok((minted, Origin::Adopted)),

@@ -713,9 +713,8 @@ async fn a_process_holds_no_more_leases_than_it_can_mint_for() {
             let (w, client, base) = (w.clone(), github.client(), github.api_base());
             tokio::spawn(async move {
                 let client = ServiceBuilder::new().layer(AppAuthLayer::new(w)).service(client);
-                let mut request = Request::get(format!("{base}/installation/repositories"))
-                    .body(Full::<Bytes>::default())
-                    .unwrap();
+                let mut request =
+                    Request::get(format!("{base}/installation/repositories")).body(Full::<Bytes>::default()).unwrap();
                 request.extensions_mut().insert(InstallationFor::Id(i));
                 client.oneshot(request).await.unwrap().status()
             })
@@ -782,6 +781,48 @@ async fn garbage_at_one_key_is_replaced_and_leaves_the_others_shared() {
     let d = pool(&github, Some(&store_d));
     assert_eq!(get(&d, &github, 1).await, 200);
     assert_eq!((d.stats().mints, store_d.stats().unreadable, github.mint_count()), (1, 1, 4));
+}
+
+#[tokio::test]
+async fn a_revoked_token_leaves_the_store() {
+    let redis = RedisServer::start().unwrap();
+    let github = github_with(1, Duration::from_secs(3600)).await;
+    let a = pool(&github, Some(&store(&redis)));
+    let token = a.token(InstallationFor::Id(1), None).await.unwrap();
+    a.revoke(&token).await.unwrap();
+    let b = pool(&github, Some(&store(&redis)));
+    assert_eq!(get(&b, &github, 1).await, 200);
+    assert_eq!((b.stats().shared, b.stats().mints, github.mint_count()), (0, 1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_token_is_replaced_once_for_all_waiting_processes() {
+    let redis = RedisServer::start().unwrap();
+    let github = github_with(1, Duration::from_secs(3600)).await;
+    let a = pool(&github, Some(&store(&redis)));
+    assert_eq!(get(&a, &github, 1).await, 200);
+    let keys: Vec<String> = command(&redis, &["KEYS", "*:tok"]).await;
+    let _: () = command(&redis, &["HSET", &keys[0], "fp", "nothex"]).await;
+    // Four processes meet it at once: one mints under the lease, the others wait and take its token.
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, client, base) = (pool(&github, Some(&store(&redis))), github.client(), github.api_base());
+            tokio::spawn(async move {
+                let client = ServiceBuilder::new().layer(AppAuthLayer::new(pool.clone())).service(client);
+                let mut request =
+                    Request::get(format!("{base}/installation/repositories")).body(Full::<Bytes>::default()).unwrap();
+                request.extensions_mut().insert(InstallationFor::Id(1));
+                (client.oneshot(request).await.unwrap().status(), pool.stats().mints)
+            })
+        })
+        .collect();
+    let mut mints = 0;
+    for request in requests {
+        let (status, minted) = request.await.unwrap();
+        assert_eq!(status, 200);
+        mints += minted;
+    }
+    assert_eq!((mints, github.mint_count()), (1, 2));
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ use crate::installation::source::OVERSLEEP;
 use crate::installation::token::TokenEntry;
 use crate::installation::watchdog::{Registration, Watched};
 use crate::installation::{ApiBase, InstallationToken, TokenScope};
-use crate::shared::{Origin, SharedTokens, mint_through};
+use crate::shared::{Origin, SharedKey, SharedTokens, Turn, fingerprint, mint_through};
 use crate::source::{Acquire, Route, TokenSource, own_copy};
 use lookup::{Github, Lookups, Subject};
 use slot::{Slot, SlotKey, SlotKeyRef};
@@ -308,12 +308,29 @@ impl InstallationPool {
 
     /// Revokes `token` (`DELETE /installation/token`) and drops it from the pool. A token GitHub no longer
     /// accepts counts as revoked. A token shared through a [shared store](InstallationPoolBuilder::shared_store)
-    /// is revoked too: the other processes holding it get a `401`, drop it and mint a new one.
+    /// is dropped from the store first (no process takes it again) and revoked: processes that already hold it
+    /// get a `401` on their next request with it, and with [`RetryOn401Policy`](crate::RetryOn401Policy) drop it
+    /// and retry with a new one. (A scoped token whose entry already left the pool stays in the store until it
+    /// expires.)
     pub async fn revoke(&self, token: &InstallationToken) -> Result<(), Error> {
-        if let Some(source) = token.entry.source.upgrade() {
-            source.invalidate(token.entry.serial);
+        let entry = &token.entry;
+        if let Some(source) = entry.source.upgrade() {
+            source.invalidate(entry.serial);
         }
-        self.inner.revoke(&token.entry).await
+        if entry.shared
+            && let Some(store) = &self.inner.shared
+        {
+            // Out of the store first, so that no other process takes it once revoked. Its key is its entry's
+            // (or, for an entry gone from the pool, the installation's unscoped one).
+            let key = self.inner.slots.iter().find(|(_, slot)| slot.holds(entry.serial)).map(|(key, _)| (*key).clone());
+            let key =
+                key.or_else(|| (!entry.scoped).then(|| SlotKey { installation: entry.installation_id, scope: None }));
+            if let Some(key) = key {
+                let params = self.inner.params(&key);
+                store.forget(&SharedKey::for_mint(&self.inner.app, &params), fingerprint(&entry.authorization)).await;
+            }
+        }
+        self.inner.revoke(entry).await
     }
 
     /// Revokes every token this pool minted that GitHub may still accept, and empties the pool: for a clean
@@ -744,13 +761,7 @@ impl PoolInner {
     /// One mint for `slot`, holding a mint permit; with a shared store, the token another process minted, or
     /// one minted here under the store's lease (the permit is held only while this process mints).
     async fn mint(&self, slot: &Arc<Slot>, permit: OwnedSemaphorePermit) -> Result<Arc<TokenEntry>, Error> {
-        let params = MintParams {
-            api_base: self.api_base.clone(),
-            installation_id: slot.key.installation,
-            body: slot.key.scope.as_deref().and_then(TokenScope::body),
-            user_agent: self.user_agent.clone(),
-            timeout: self.mint_timeout,
-        };
+        let params = self.params(&slot.key);
         let failed = |error: &Error| {
             self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(installation = slot.key.installation, %error, "retrying the mint with a corrected clock");
@@ -762,12 +773,11 @@ impl PoolInner {
                 (minted?, Origin::Minted)
             }
             Some(shared) => {
-                // The permit is held from the claim through the mint (a process never holds leases it cannot mint
-                // for yet), and given back only while this process waits for another one's mint.
-                let held = Mutex::new(Some(permit));
-                let waiting = || drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
+                // The permit is held from each claim through the mint (a process never holds a lease it cannot
+                // mint for at once), and given back only while this process waits for another one's mint.
+                let turn = PermitTurn { held: Mutex::new(Some(permit)), scheduler: &self.scheduler };
                 let mint = || async {
-                    let kept = held.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let kept = turn.held.lock().unwrap_or_else(|e| e.into_inner()).take();
                     let _permit = match kept {
                         Some(permit) => permit,
                         None => self.scheduler.permit().await,
@@ -776,7 +786,7 @@ impl PoolInner {
                 };
                 let refresh_before = self.settings.timing.refresh_before;
                 let known = slot.fingerprints();
-                mint_through(&**shared, &self.app, &params, known, refresh_before, &waiting, mint).await?
+                mint_through(&**shared, &self.app, &params, known, refresh_before, &turn, mint).await?
             }
         };
         match origin {
@@ -795,6 +805,17 @@ impl PoolInner {
             "installation token ready"
         );
         Ok(entry.share())
+    }
+
+    /// What a mint for `key` sends.
+    fn params(&self, key: &SlotKey) -> MintParams {
+        MintParams {
+            api_base: self.api_base.clone(),
+            installation_id: key.installation,
+            body: key.scope.as_deref().and_then(TokenScope::body),
+            user_agent: self.user_agent.clone(),
+            timeout: self.mint_timeout,
+        }
     }
 
     /// Records a failed mint: waiters fail fast until the backoff ends, and a retry is scheduled while the slot
@@ -875,13 +896,42 @@ impl PoolInner {
     }
 }
 
+/// A pool's mint permit as the shared store's [`Turn`]: given back while the pool waits for another process's mint.
+struct PermitTurn<'a> {
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+    scheduler: &'a scheduler::Scheduler,
+}
+
+impl Turn for PermitTurn<'_> {
+    fn pause(&self) {
+        drop(self.held.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    fn resume(&self) -> crate::shared::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.held.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                return;
+            }
+            let permit = self.scheduler.permit().await;
+            *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+        })
+    }
+}
+
 /// A scheduled refresh of `slot`, holding a mint permit: mints, waits out the replication grace while the old
 /// token serves, publishes, and queues the next refresh.
 /// `requeue` is an argument, not made inside: dropped unpolled (its runtime shutting down), it still puts the
 /// refresh back in the queue for the next task.
 async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePermit, requeue: Requeue) {
     let flight = slot.flight();
-    let flight = flight.lock().await;
+    // Never waits for the flight while holding a permit (a request's mint holds the flight while it waits for
+    // one): a mint under way for the slot queues the next refresh itself; this one looks again in a moment, in
+    // case the flight's holder did not mint.
+    let Ok(flight) = flight.try_lock() else {
+        pool.schedule(Arc::downgrade(&slot), Instant::now() + Duration::from_millis(500));
+        requeue.done();
+        return;
+    };
     // Counted before `retired` is read: `revoke_all` either sees this mint under way or this sees it retired.
     let in_flight = pool.in_flight();
     if slot.retired.load(Ordering::SeqCst) || slot.refresh_at().is_some_and(|at| at > Instant::now()) {

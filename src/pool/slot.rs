@@ -203,6 +203,13 @@ impl Slot {
         [of(&self.current.load()), of(&self.previous.load())]
     }
 
+    /// Whether it holds the token with this serial (current, previous, or waiting out its grace).
+    pub(crate) fn holds(&self, serial: u64) -> bool {
+        [&self.current, &self.previous, &self.pending]
+            .iter()
+            .any(|token| token.load().as_ref().is_some_and(|token| token.serial == serial))
+    }
+
     /// When its current token must be replaced, if it has one.
     pub(crate) fn refresh_at(&self) -> Option<Instant> {
         self.current.load().as_ref().map(|token| token.refresh_at())

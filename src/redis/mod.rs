@@ -84,9 +84,7 @@ use tokio::time::Instant;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::installation::mint::Minted;
 use crate::installation::token::{TokenDetails, TokenEntry};
-use crate::shared::{
-    BoxFuture, Fingerprint, Lease, Obtain, Obtained, SharedKey, SharedTokens, digest, fingerprint, hex,
-};
+use crate::shared::{BoxFuture, Lease, Obtain, Obtained, SharedKey, SharedTokens, digest, fingerprint, hex};
 use crate::store::{StoreFuture, UserTokenStore, Versioned};
 use crypto::Keys;
 
@@ -190,6 +188,7 @@ struct Scripts {
     claim: Script,
     publish: Script,
     release: Script,
+    forget: Script,
     renew: Script,
     swap: Script,
 }
@@ -250,6 +249,17 @@ return 1
 /// Frees a lease after a failed mint, and tells the waiters. KEYS: lease. ARGV: fence, channel, message.
 const RELEASE: &str = r"
 if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Drops a stored token known by its fingerprint (revoked), and tells the waiters. KEYS: tok. ARGV: fp, channel,
+/// message.
+const FORGET: &str = r"
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' and redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
@@ -385,8 +395,8 @@ impl RedisStoreBuilder {
     }
 
     /// How long a lease to mint lasts unless its holder renews it (default 5 s; renewed every third of that
-    /// while the holder mints). A holder that dies holds up the others this long at most. At least three op
-    /// timeouts.
+    /// while the holder mints). A holder that dies holds up the others this long at most. At least six op
+    /// timeouts: a renewal may take two of them, and a reconnection.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -406,8 +416,10 @@ impl RedisStoreBuilder {
                 return Err(config(&format!("the Redis store's {name} must be between 1 ms and 1 hour")));
             }
         }
-        if self.lease < self.op_timeout * 3 || self.lease > Duration::from_secs(3600) {
-            return Err(config("the Redis store's lease must be at least three op timeouts, and at most 1 hour"));
+        // A renewal comes every third of the lease and may take two op timeouts (and a reconnection): the lease
+        // must outlast that.
+        if self.lease < self.op_timeout * 6 || self.lease > Duration::from_secs(3600) {
+            return Err(config("the Redis store's lease must be at least six op timeouts, and at most 1 hour"));
         }
         // The URL is never echoed: it may hold a password.
         let client = ::redis::Client::open(self.url.as_str()).map_err(|_| {
@@ -441,6 +453,7 @@ impl RedisStoreBuilder {
                 claim: Script::new(CLAIM),
                 publish: Script::new(PUBLISH),
                 release: Script::new(RELEASE),
+                forget: Script::new(FORGET),
                 renew: Script::new(RENEW),
                 swap: Script::new(SWAP),
             },
@@ -658,7 +671,7 @@ impl Inner {
         tok: &str,
         key: &SharedKey,
         fields: &[Value],
-        avoid: &[Fingerprint],
+        avoid: &[String],
         clock_offset: i64,
     ) -> Option<Minted> {
         let [blob, exp, life, fp] = fields else { return None };
@@ -681,8 +694,8 @@ impl Inner {
         }
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", stored.token)).ok()?;
         authorization.set_sensitive(true);
-        let opened = fingerprint(&authorization);
-        if hex(&opened) != fp || avoid.contains(&opened) {
+        let opened = hex(&fingerprint(&authorization));
+        if opened != fp || avoid.contains(&opened) {
             return None;
         }
         let github_now = github_millis(clock_offset);
@@ -780,9 +793,10 @@ impl Waiter<'_> {
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
+        // This waiter's handle goes first; then, under the lock, only the map's left means nobody else waits.
+        drop(std::mem::take(&mut self.signal));
         let mut waiters = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        // The map's and this one's: nobody else waits for the id.
-        if Arc::strong_count(&self.signal) <= 2 {
+        if waiters.get(&self.id).is_some_and(|signal| Arc::strong_count(signal) == 1) {
             waiters.remove(&self.id);
         }
     }
@@ -866,12 +880,14 @@ impl SharedTokens for Inner {
             let (tok, lease) = self.token_keys(want.key);
             let fence = self.fence();
             let lease_ms = self.lease.as_millis();
-            let avoid: Vec<Fingerprint> = want.avoid.iter().flatten().copied().collect();
+            // Fingerprints (hex, as stored) of tokens not to take: the caller's, and any stored one found unusable.
+            let mut avoid: Vec<String> = want.avoid.iter().flatten().map(|fp| hex(fp)).collect();
             // A holder that keeps renewing its lease gets the time of its whole mint before this process mints on
             // its own; one that died stops renewing, and its lease ends within `lease`: then a waiter takes it.
             let give_up = Instant::now() + self.patience(want.mint_budget);
             let mut waited = false;
-            // Set once the stored token proved unusable: the next claim takes the lease and overwrites it.
+            // Set when a stored token proved unusable and carries no fingerprint to avoid it by: the next claim
+            // (only) takes the lease rather than a stored token.
             let mut take_none = false;
             loop {
                 let mut waiter = self.waiter(&want.key.id);
@@ -882,9 +898,9 @@ impl SharedTokens for Inner {
                     .arg(lease_ms.to_string())
                     .arg(github_millis(want.clock_offset))
                     .arg(want.refresh_before.as_millis().to_string())
-                    .arg(if take_none { "1" } else { "0" });
+                    .arg(if std::mem::take(&mut take_none) { "1" } else { "0" });
                 for fp in &avoid {
-                    claim.arg(hex(fp));
+                    claim.arg(fp);
                 }
                 let answer = self
                     .call(|mut connection| {
@@ -906,13 +922,17 @@ impl SharedTokens for Inner {
                             tracing::debug!(key = ?want.key, "installation token taken from Redis");
                             return Obtained::Adopted(minted);
                         }
-                        if take_none {
-                            // A claim that takes no stored token never answers with one.
-                            self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
-                            return Obtained::Local;
+                        // Unusable (altered, refused here, sealed under another key): as if there were none. A
+                        // token another process stores meanwhile is taken at the next claim.
+                        match fields.get(3).and_then(text) {
+                            Some(fp) if !avoid.contains(&fp) => avoid.push(fp),
+                            Some(_) => {
+                                // Avoided by the script, yet answered: not a script this crate wrote.
+                                self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
+                                return Obtained::Local;
+                            }
+                            None => take_none = true,
                         }
-                        // Unusable (altered, refused here, sealed under another key): as if there were none.
-                        take_none = true;
                     }
                     Some(Claim::Leased) => {
                         self.counters.leases.fetch_add(1, Ordering::Relaxed);
@@ -932,13 +952,14 @@ impl SharedTokens for Inner {
                         if !waited {
                             waited = true;
                             self.counters.waits.fetch_add(1, Ordering::Relaxed);
-                            (want.waiting)();
                         }
+                        want.turn.pause();
                         // Until the lease ends or the poll interval passes; at least a few ms, so that a lease that
                         // has no expiry or just ended does not make this spin.
                         let pause = if ttl.is_zero() { self.poll } else { ttl.min(self.poll) };
                         let pause = pause.max(Duration::from_millis(5)).min(give_up - now);
                         waiter.wait(pause).await;
+                        want.turn.resume().await;
                     }
                     None => {
                         tracing::warn!(key = ?want.key, "Redis answered the claim script unexpectedly: minting here");
@@ -999,6 +1020,20 @@ impl SharedTokens for Inner {
         let mint = crate::shared::mint_budget(mint_timeout);
         // A claim (and a connection), the wait for a holder, a mint, the publication.
         self.op_timeout * 4 + self.patience(mint) + mint + self.op_timeout * 3
+    }
+
+    fn forget<'a>(&'a self, key: &'a SharedKey, fp: crate::shared::Fingerprint) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let (tok, _) = self.token_keys(key);
+            let mut forget = self.scripts.forget.key(&tok);
+            forget.arg(hex(&fp)).arg(&self.channel).arg(&key.id);
+            let _ = self
+                .call(|mut connection| {
+                    let forget = &forget;
+                    async move { forget.invoke_async::<i64>(&mut connection).await }
+                })
+                .await;
+        })
     }
 
     fn renew<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, ()> {
@@ -1098,7 +1133,13 @@ impl UserTokenStore for RedisStore {
                     .await
                     .map_err(|cause| store_error("reading from", key, cause))?
             };
-            let (Some(version), Some(blob)) = read else { return Ok(None) };
+            let (version, blob) = match read {
+                (None, _) => return Ok(None),
+                (Some(version), Some(blob)) => (version, blob),
+                (Some(_), None) => {
+                    return Err(store_error("reading from", key, "the record has a version but no value"));
+                }
+            };
             let version: u64 =
                 version.parse().map_err(|_| store_error("reading from", key, "its version is not a number"))?;
             let aad = format!("{rec}|{version}");
