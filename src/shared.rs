@@ -16,6 +16,7 @@ use http::HeaderValue;
 
 use crate::app::{AppId, GitHubApp};
 use crate::installation::mint::{MintParams, Minted};
+use crate::installation::token::TokenEntry;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -61,6 +62,15 @@ pub(crate) fn fingerprint(authorization: &HeaderValue) -> Fingerprint {
     let mut out = [0; 16];
     out.copy_from_slice(&digest(authorization.as_bytes())[..16]);
     out
+}
+
+/// The fingerprints of a source's current and previous tokens: a shared store must not hand either back (one is
+/// due, or GitHub refused it).
+pub(crate) fn known(
+    current: &arc_swap::ArcSwapOption<TokenEntry>,
+    previous: &arc_swap::ArcSwapOption<TokenEntry>,
+) -> [Option<Fingerprint>; 2] {
+    [current, previous].map(|token| token.load().as_ref().map(|token| fingerprint(&token.authorization)))
 }
 
 pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {

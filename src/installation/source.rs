@@ -29,7 +29,7 @@ use super::token::{TokenEntry, replace_current, take_current_if};
 use super::watchdog::{self, Registration, Watched};
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind};
-use crate::shared::{AlwaysTurn, Origin, SharedTokens, fingerprint, mint_through};
+use crate::shared::{AlwaysTurn, Origin, SharedTokens, known, mint_through};
 use crate::user::rotation::Rotation;
 
 /// How long a request that needs a token waits for the refresher to take up its demand before it concludes that
@@ -426,8 +426,7 @@ impl Shared {
                 let (minted, origin) = match store {
                     None => (mint().await?, Origin::Minted),
                     Some(store) => {
-                        let known = [&self.current, &self.previous]
-                            .map(|token| token.load().as_ref().map(|token| fingerprint(&token.authorization)));
+                        let known = known(&self.current, &self.previous);
                         let refresh_before = self.timing.refresh_before;
                         mint_through(&**store, app, &self.params, known, refresh_before, &AlwaysTurn, mint).await?
                     }

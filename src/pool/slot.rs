@@ -197,10 +197,7 @@ impl Slot {
     /// The fingerprints of its current and previous tokens: a shared store must not hand either back (one is
     /// due, or GitHub refused it).
     pub(crate) fn fingerprints(&self) -> [Option<crate::shared::Fingerprint>; 2] {
-        let of = |token: &arc_swap::Guard<Option<Arc<TokenEntry>>>| {
-            token.as_ref().map(|token| crate::shared::fingerprint(&token.authorization))
-        };
-        [of(&self.current.load()), of(&self.previous.load())]
+        crate::shared::known(&self.current, &self.previous)
     }
 
     /// Whether it holds the token with this serial (current, previous, or waiting out its grace).

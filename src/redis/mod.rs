@@ -874,6 +874,14 @@ fn read_claim(value: Value) -> Option<Claim> {
     }
 }
 
+impl Inner {
+    /// The answer that makes this process mint on its own, counted.
+    fn local(&self) -> Obtained {
+        self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
+        Obtained::Local
+    }
+}
+
 impl SharedTokens for Inner {
     fn obtain<'a>(&'a self, want: Obtain<'a>) -> BoxFuture<'a, Obtained> {
         Box::pin(async move {
@@ -911,8 +919,7 @@ impl SharedTokens for Inner {
                 let answer = match answer {
                     Ok(answer) => answer,
                     Err(_) => {
-                        self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
-                        return Obtained::Local;
+                        return self.local();
                     }
                 };
                 match read_claim(answer) {
@@ -928,8 +935,7 @@ impl SharedTokens for Inner {
                             Some(fp) if !avoid.contains(&fp) => avoid.push(fp),
                             Some(_) => {
                                 // Avoided by the script, yet answered: not a script this crate wrote.
-                                self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
-                                return Obtained::Local;
+                                return self.local();
                             }
                             None => take_none = true,
                         }
@@ -946,8 +952,7 @@ impl SharedTokens for Inner {
                                 "another process holds the lease to mint this installation's token but did not \
                                  deliver in time: minting here"
                             );
-                            self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
-                            return Obtained::Local;
+                            return self.local();
                         }
                         if !waited {
                             waited = true;
@@ -963,8 +968,7 @@ impl SharedTokens for Inner {
                     }
                     None => {
                         tracing::warn!(key = ?want.key, "Redis answered the claim script unexpectedly: minting here");
-                        self.counters.local_mints.fetch_add(1, Ordering::Relaxed);
-                        return Obtained::Local;
+                        return self.local();
                     }
                 }
             }
@@ -1088,17 +1092,6 @@ fn store_error(what: &str, key: &str, cause: impl fmt::Display) -> BoxError {
     ))
 }
 
-/// The user key's limits, as for the file store: 1 to 100 bytes.
-fn check_user_key(key: &str) -> Result<(), BoxError> {
-    if key.is_empty() || key.len() > 100 {
-        return Err(Box::new(Error::new(
-            ErrorKind::InvalidConfig,
-            "a user token key must be 1 to 100 bytes long (a user id or login, say)",
-        )));
-    }
-    Ok(())
-}
-
 /// When Redis may forget a user record: a day after its refresh token expires (a day from now if it already
 /// has), if the record says when. A record without that time (tokens that never expire) is kept.
 fn record_ttl(record: &[u8]) -> Option<u64> {
@@ -1115,7 +1108,7 @@ fn record_ttl(record: &[u8]) -> Option<u64> {
 impl UserTokenStore for RedisStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Versioned>> {
         Box::pin(async move {
-            check_user_key(key)?;
+            crate::store::check_key(key)?;
             let rec = self.record_key(key);
             let read = {
                 self.inner
@@ -1158,7 +1151,7 @@ impl UserTokenStore for RedisStore {
         new: &'a Versioned,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            check_user_key(key)?;
+            crate::store::check_key(key)?;
             let rec = self.record_key(key);
             let aad = format!("{rec}|{}", new.version);
             let blob = self.inner.keys.seal(&new.record, aad.as_bytes())?;

@@ -10,9 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{StoreFuture, UserTokenStore, Versioned};
 use crate::error::{BoxError, Error, ErrorKind};
 
-/// The longest key a [`FileStore`] takes, in bytes (file names are the key in hex).
-const MAX_KEY_BYTES: usize = 100;
-
 /// A store in a directory, shared by every process on the machine that opens the same directory.
 ///
 /// - Each key is one file, `user-<key in hex>.json`, mode `0600` in a directory created `0700` (on Unix); keys are
@@ -76,15 +73,8 @@ impl FileStore {
     }
 
     fn paths(&self, key: &str) -> Result<(PathBuf, PathBuf), BoxError> {
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(format!("a file store key must be 1 to {MAX_KEY_BYTES} bytes long").into());
-        }
-        let mut name = String::with_capacity(5 + key.len() * 2);
-        name.push_str("user-");
-        for byte in key.bytes() {
-            name.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-            name.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
-        }
+        super::check_key(key)?;
+        let name = format!("user-{}", crate::shared::hex(key.as_bytes()));
         Ok((self.dir.join(format!("{name}.json")), self.dir.join(format!("{name}.lock"))))
     }
 }

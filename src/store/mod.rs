@@ -61,6 +61,20 @@ use tokio::sync::Notify;
 
 use crate::error::BoxError;
 
+/// The longest user key the crate's stores take, in bytes (the file store names files after the key in hex).
+pub(crate) const MAX_KEY_BYTES: usize = 100;
+
+/// Refuses a user key the crate's stores do not take: empty, or longer than [`MAX_KEY_BYTES`].
+pub(crate) fn check_key(key: &str) -> Result<(), BoxError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(Box::new(crate::error::Error::new(
+            crate::error::ErrorKind::InvalidConfig,
+            format!("a user token key must be 1 to {MAX_KEY_BYTES} bytes long (a user id or login, say)"),
+        )));
+    }
+    Ok(())
+}
+
 /// What a store's methods return.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
 

@@ -12,8 +12,7 @@ use crate::error::{Error, ErrorKind};
 /// A `redis-server` child process on `127.0.0.1`, in a directory of its own, killed and removed on drop.
 ///
 /// The program is `redis-server` from `PATH`, or the path in the environment variable `TGA_REDIS_SERVER`
-/// (Debian and Ubuntu: `apt-get install redis-server`; Valkey's `valkey-server` works too).
-#[derive(Debug)]
+/// (Debian and Ubuntu: `apt-get install redis-server`).
 pub struct RedisServer {
     program: PathBuf,
     dir: PathBuf,
@@ -119,6 +118,18 @@ impl RedisServer {
             Ok(n) => answer[..n].starts_with(b"+PONG") || answer[..n].starts_with(b"-NOAUTH"),
             Err(_) => false,
         }
+    }
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the arguments: they may hold a password (`--requirepass`).
+        f.debug_struct("RedisServer")
+            .field("program", &self.program)
+            .field("port", &self.port)
+            .field("dir", &self.dir)
+            .field("running", &self.child.is_some())
+            .finish_non_exhaustive()
     }
 }
 
