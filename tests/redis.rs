@@ -826,6 +826,28 @@ async fn an_unreadable_token_is_replaced_once_for_all_waiting_processes() {
 }
 
 #[tokio::test]
+async fn a_token_claiming_to_live_for_decades_is_believed_for_an_hour() {
+    let redis = RedisServer::start().unwrap();
+    let github = github_with(1, Duration::from_secs(3600)).await;
+    // A replayed or altered answer: a well-formed token that says it expires in 2099.
+    let body = r#"{"token":"ghs_bogusbogusbogus","expires_at":"2099-01-01T00:00:00Z","permissions":{}}"#;
+    github.fail_mints(
+        tower_github_app::testing::MintFault::Raw {
+            status: 201,
+            content_type: "application/json",
+            body: Bytes::from_static(body.as_bytes()),
+        },
+        1,
+    );
+    let a = pool(&github, Some(&store(&redis)));
+    let token = a.token(InstallationFor::Id(1), None).await.unwrap();
+    assert!(token.remaining() <= Duration::from_secs(3600), "{:?}", token.remaining());
+    let keys: Vec<String> = command(&redis, &["KEYS", "*:tok"]).await;
+    let ttl: i64 = command(&redis, &["PTTL", &keys[0]]).await;
+    assert!(ttl > 0 && ttl <= 3_600_000, "shared for no longer than an hour: {ttl}");
+}
+
+#[tokio::test]
 async fn keys_rotate_and_unreadable_values_are_never_used() {
     let redis = RedisServer::start().unwrap();
     let github = github_with(2, Duration::from_secs(3600)).await;

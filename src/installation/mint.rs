@@ -16,6 +16,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use super::ApiBase;
+use super::settings::INSTALLATION_TOKEN_LIFETIME;
 use super::token::TokenDetails;
 use crate::app::GitHubApp;
 use crate::error::{BoxError, Error, ErrorKind, scrub};
@@ -379,6 +380,14 @@ fn read_token(
         None => shift(local_now, app.clock_offset()),
     };
     let lifetime = expires_at.duration_since(server_now).unwrap_or(Duration::ZERO);
+    // GitHub's installation tokens live an hour. A longer life (a replayed or altered answer) is not believed:
+    // the token is used and refreshed as if it lived an hour, and shared for no longer (a shared store keeps its
+    // expires_at).
+    let (lifetime, expires_at) = if lifetime > INSTALLATION_TOKEN_LIFETIME {
+        (INSTALLATION_TOKEN_LIFETIME, server_now + INSTALLATION_TOKEN_LIFETIME)
+    } else {
+        (lifetime, expires_at)
+    };
     if lifetime < Duration::from_secs(1) {
         return Err(malformed(format!(
             "GitHub answered with a token that has already expired (expires_at {}, GitHub's clock {}): retried \
