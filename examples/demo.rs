@@ -11,8 +11,11 @@
 //! file store while workers call `GET /user` for 4 seconds with user tokens that live 3 seconds: the tokens are
 //! rotated in the background, one source adopting the other's rotations, and no refresh token is spent twice.
 //!
+//! At the end it prints what the `metrics` facade recorded (feature `metrics`): mints, waits, retries by
+//! reason, token age at use, pool size.
+//!
 //! ```text
-//! cargo run --example demo --features test-util
+//! cargo run --example demo --features test-util,metrics
 //! ```
 //!
 //! The stack is what an application builds: tower-http `TraceLayer`, a timeout, `RetryLayer<RetryOn401Policy>`,
@@ -57,6 +60,14 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,tower_github_app=info".into()),
         )
         .init();
+    // Installed before any token source: each token registers its histogram handle when it is minted.
+    #[cfg(feature = "metrics")]
+    let metrics = {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().expect("the only metrics recorder");
+        snapshotter
+    };
 
     let github = FakeGitHub::builder()
         .token_lifetime(Duration::from_secs(4))
@@ -233,6 +244,11 @@ async fn main() -> ExitCode {
 
     let user = users(&github).await;
 
+    #[cfg(feature = "metrics")]
+    print_metrics(&metrics);
+    #[cfg(not(feature = "metrics"))]
+    println!("\n(run with --features test-util,metrics to see the metrics as well)");
+
     let single_ok = failed == 0 && stats.mints >= 3 && stats.waited_requests <= WORKERS as u64;
     let pool_ok = pool_failed == 0
         && wrong == 0
@@ -339,4 +355,37 @@ async fn users(github: &FakeGitHub) -> bool {
         && counts.double_spends == 0
         && counts.refreshes >= 1
         && github.live_refresh_tokens("mona") == 1
+}
+
+/// What the `metrics` facade recorded: counters and gauges as they stand, histograms as count, median and max.
+#[cfg(feature = "metrics")]
+fn print_metrics(snapshotter: &metrics_util::debugging::Snapshotter) {
+    use metrics_util::debugging::DebugValue;
+    let mut lines: Vec<(String, String)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let key = key.key();
+            let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            let value = match value {
+                DebugValue::Counter(n) => n.to_string(),
+                DebugValue::Gauge(n) => n.to_string(),
+                DebugValue::Histogram(mut samples) => {
+                    samples.sort();
+                    let median = samples.get(samples.len() / 2).map_or(0.0, |s| s.0);
+                    let max = samples.last().map_or(0.0, |s| s.0);
+                    format!("count {}, median {median:.3}, max {max:.3}", samples.len())
+                }
+            };
+            (name, value)
+        })
+        .collect();
+    lines.sort();
+    println!();
+    println!("metrics (the `metrics` facade, all three parts of the demo):");
+    for (name, value) in lines {
+        println!("  {name:<72} {value}");
+    }
 }

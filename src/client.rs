@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::ApiBase;
 use crate::error::{Error, ErrorKind};
 
 /// The client [`https_client`] builds.
@@ -30,12 +31,30 @@ pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled HTTPS-only client (no plain http, so tokens never travel unencrypted).
 pub fn https_client() -> Result<HttpsClient, Error> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    client_for(&ApiBase::github_com())
+}
+
+/// A pooled client for `api_base`, with any request body type (octocrab's, your own): HTTPS only, like
+/// [`https_client`], unless `api_base` is plain http, which [`ApiBase::parse`] accepts on loopback addresses only
+/// (a local test server such as [`FakeGitHub`](crate::testing)); then plain http too.
+///
+/// ```
+/// use tower_github_app::{ApiBase, client::client_for};
+/// # fn main() -> Result<(), tower_github_app::Error> {
+/// let client = client_for::<http_body_util::Full<bytes::Bytes>>(&ApiBase::github_com())?;
+/// # drop(client);
+/// # Ok(())
+/// # }
+/// ```
+pub fn client_for<B>(api_base: &ApiBase) -> Result<Client<HttpsConnector<HttpConnector>, B>, Error>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
-        .map_err(|e| Error::build(ErrorKind::InvalidConfig, "could not configure TLS").source(e).finish())?
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .build();
+        .map_err(|e| Error::build(ErrorKind::InvalidConfig, "could not configure TLS").source(e).finish())?;
+    let builder = if api_base.is_plain_http() { builder.https_or_http() } else { builder.https_only() };
+    let connector = builder.enable_http1().enable_http2().build();
     Ok(Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector))
 }

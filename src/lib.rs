@@ -18,8 +18,14 @@
 //!   memory, in files).
 //! - [`auth`]: the tower layer that stamps requests, over any of the token sources.
 //! - [`retry`]: the retry policy for credential refusals (replication lag, stale tokens, clock skew).
+//! - [`webhook`]: checking the signature GitHub puts on webhook deliveries, before reading them.
+//! - [`telemetry`]: the spans the crate opens, and (feature `metrics`) the counters and histograms it records.
 //! - `testing` (feature `test-util`): a fake GitHub server to test against.
 //! - `client` (feature `hyper-client`): a ready-made HTTPS client.
+//! - `octocrab` (feature `octocrab`): octocrab's typed API over this crate's stack.
+//!
+//! Beside the library: the `gh-app-token` command (feature `cli`: tokens for shells and CI, git's credential
+//! helper, revocation, the App's installations) and an axum webhook bot (`examples/webhook_bot.rs`).
 //!
 //! # Example
 //! ```
@@ -60,6 +66,9 @@ pub mod client;
 mod error;
 #[macro_use]
 pub mod installation;
+#[cfg(feature = "octocrab")]
+#[cfg_attr(docsrs, doc(cfg(feature = "octocrab")))]
+pub mod octocrab;
 pub mod pool;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -68,9 +77,11 @@ pub mod retry;
 mod shared;
 mod source;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod user;
+pub mod webhook;
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `__fuzz`). Not part of the API.
 #[cfg(feature = "__fuzz")]
@@ -109,7 +120,14 @@ fn testing_key() -> &'static str {
 }
 
 /// The README's snippets, compiled as doctests (and by `.ci/readme-check` with exactly its dependency lines).
-#[cfg(all(doctest, feature = "hyper-client", feature = "test-util", feature = "redis"))]
+#[cfg(all(
+    doctest,
+    feature = "hyper-client",
+    feature = "test-util",
+    feature = "redis",
+    feature = "octocrab",
+    feature = "metrics"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

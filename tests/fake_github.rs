@@ -147,3 +147,96 @@ async fn answers_decode_into_the_types_typed_clients_use() {
         assert_eq!(app.id, FakeGitHub::APP_ID);
     }
 }
+
+/// `models::issues::Comment` of octocrab 0.54: the fields it cannot decode without.
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct Comment {
+    id: u64,
+    node_id: String,
+    url: AbsoluteUrl,
+    html_url: AbsoluteUrl,
+    issue_url: Option<AbsoluteUrl>,
+    body: Option<String>,
+    author_association: Option<String>,
+    user: Author,
+    created_at: String,
+    updated_at: Option<String>,
+}
+
+#[tokio::test]
+async fn issue_comments_are_created_recorded_and_refused_like_github() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower_github_app::{AppAuthLayer, InstallationPool, TokenScope};
+
+    let github = FakeGitHub::start().await;
+    let installation = Installation::builder(github.app(), FakeGitHub::INSTALLATION_ID)
+        .api_base(&github.api_base())
+        .build(github.client())
+        .unwrap();
+    let client = InstallationAuthLayer::new(installation).layer(github.client());
+    let post = |path: &str, body: &'static str| {
+        http::Request::post(format!("{}{path}", github.api_base()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let answer = |response: http::Response<hyper::body::Incoming>| async move {
+        let status = response.status().as_u16();
+        let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, location, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+    };
+
+    let path = "/repos/octo-org/octo-repo/issues/7/comments";
+    let response = client.clone().oneshot(post(path, r#"{"body":"Thanks!"}"#)).await.unwrap();
+    let (status, location, json) = answer(response).await;
+    assert_eq!(status, 201, "{json}");
+    let html_url = json["html_url"].as_str().unwrap().to_owned();
+    let comment: Comment = serde_json::from_value(json).unwrap();
+    assert_eq!((comment.id, comment.body.as_deref()), (1, Some("Thanks!")));
+    assert_eq!(comment.node_id, "MDEyOklzc3VlQ29tbWVudDE=");
+    assert_eq!((comment.user.login.as_str(), comment.user.r#type.as_str()), ("fake-app[bot]", "Bot"));
+    let url = format!("{}/repos/octo-org/octo-repo/issues/comments/1", github.api_base());
+    assert_eq!(comment.url.0.to_string(), url);
+    assert_eq!(location.as_deref(), Some(url.as_str()));
+    assert_eq!(html_url, format!("{}/octo-org/octo-repo/issues/7#issuecomment-1", github.web_base()));
+    assert!(humantime::parse_rfc3339(&comment.created_at).is_ok(), "{}", comment.created_at);
+    let recorded = github.comments();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        (recorded[0].id, recorded[0].installation, recorded[0].token_serial),
+        (1, FakeGitHub::INSTALLATION_ID, 1)
+    );
+    assert_eq!(
+        (recorded[0].owner.as_str(), recorded[0].repo.as_str(), recorded[0].issue),
+        ("octo-org", "octo-repo", 7)
+    );
+    assert_eq!(recorded[0].body, "Thanks!");
+
+    // Refused as GitHub refuses, and not recorded.
+    for (path, body, status, message) in [
+        (path, "{not json", 400, "Problems parsing JSON"),
+        (path, r#"{"title":"no body"}"#, 422, "\"body\" wasn't supplied"),
+        (path, r#"{"body":5}"#, 422, "is not a string"),
+        (path, r#"{"body":""}"#, 422, "Validation Failed"),
+        ("/repos/someone/else/issues/1/comments", r#"{"body":"hi"}"#, 404, "Not Found"),
+        ("/repos/octo-org/octo-repo/issues/0/comments", r#"{"body":"hi"}"#, 404, "Not Found"),
+        ("/repos/octo-org/octo-repo/issues/x/comments", r#"{"body":"hi"}"#, 404, "Not Found"),
+    ] {
+        let (got, _, json) = answer(client.clone().oneshot(post(path, body)).await.unwrap()).await;
+        assert_eq!(got, status, "{path} {body}: {json}");
+        assert!(json["message"].as_str().unwrap().contains(message), "{path} {body}: {json}");
+    }
+    // Without a token, and with a token that may only read issues.
+    let (status, _, _) = answer(github.client().request(post(path, r#"{"body":"hi"}"#)).await.unwrap()).await;
+    assert_eq!(status, 401);
+    let pool = InstallationPool::builder(github.app()).api_base(&github.api_base()).build(github.client()).unwrap();
+    let mut request = post(path, r#"{"body":"hi"}"#);
+    request.extensions_mut().insert(TokenScope::new().permission("issues", "read"));
+    let response = AppAuthLayer::new(pool).layer(github.client()).oneshot(request).await.unwrap();
+    let (status, _, json) = answer(response).await;
+    assert_eq!((status, json["message"].as_str()), (403, Some("Resource not accessible by integration")));
+    assert_eq!(github.comments().len(), 1);
+}

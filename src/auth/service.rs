@@ -169,6 +169,8 @@ where
             // the token (its first seconds), or when asked to. Otherwise it holds just the serial, and no
             // reference count is touched beyond the header's.
             let serial = token.serial;
+            // Feature `metrics`: the token's age, through the histogram handle it holds. Nothing without.
+            token.age_at_use.record(token.received_at);
             let entry = (self.every_response || !token.replication.is_proven()).then(|| Arc::clone(token));
             let headers = request.headers_mut();
             if let Some(callers) = headers.insert(AUTHORIZATION, value) {

@@ -188,6 +188,12 @@ impl ApiBase {
         self.uploads.as_ref().map_or("", |uploads| uploads.path.as_str())
     }
 
+    /// Whether the API is served over plain http: only ever a loopback address (a local test server), since
+    /// [`parse`](Self::parse) refuses plain http anywhere else.
+    pub fn is_plain_http(&self) -> bool {
+        self.scheme == Scheme::HTTP
+    }
+
     /// The host, for messages.
     pub fn host(&self) -> &str {
         self.authority.host()

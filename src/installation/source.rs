@@ -23,6 +23,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::mint::{MintClient, MintParams, Minted, mint_correcting_skew};
 use super::token::{TokenEntry, replace_current, take_current_if};
@@ -30,6 +31,7 @@ use super::watchdog::{self, Registration, Watched};
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind};
 use crate::shared::{AlwaysTurn, Origin, SharedTokens, known, mint_through};
+use crate::telemetry::{self, Got};
 use crate::user::rotation::Rotation;
 
 /// How long a request that needs a token waits for the refresher to take up its demand before it concludes that
@@ -84,6 +86,7 @@ impl Timing {
             details: minted.details.intern(),
             source,
             replication: Default::default(),
+            age_at_use: telemetry::AgeAtUse::new(telemetry::kind(installation_id)),
         }
         .with_times(
             minted.expires,
@@ -263,6 +266,7 @@ impl Shared {
         let dropped = take_current_if(&self.current, &self.previous, |token| token.serial == serial).is_some();
         if dropped {
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+            telemetry::invalidated(self.kind());
             tracing::info!(
                 installation = self.params.installation_id,
                 serial,
@@ -413,13 +417,32 @@ impl Shared {
         }
     }
 
-    /// One mint: an installation token (corrected once for clock skew), or a user token rotation.
+    /// One mint, in a `mint` span that names the token it got (by serial) and how long it lasts.
     async fn mint(self: &Arc<Self>) -> Result<(TokenEntry, Option<u64>), Error> {
+        let span = tracing::info_span!(
+            "mint",
+            installation = self.params.installation_id,
+            kind = self.kind(),
+            serial = tracing::field::Empty,
+            expires_in = tracing::field::Empty,
+        );
+        let outcome = self.mint_once().instrument(span.clone()).await;
+        if let Ok((token, _)) = &outcome {
+            span.record("serial", token.serial);
+            span.record("expires_in", token.expires().saturating_duration_since(Instant::now()).as_secs());
+        }
+        outcome
+    }
+
+    /// One mint: an installation token (corrected once for clock skew), or a user token rotation.
+    async fn mint_once(self: &Arc<Self>) -> Result<(TokenEntry, Option<u64>), Error> {
+        let started = Instant::now();
         let source: Weak<dyn crate::source::Invalidate> = Arc::downgrade(self) as _;
         let (minted, epoch) = match &self.minter {
             Minter::Installation { app, client, store } => {
                 let failed = |error: &Error| {
                     self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
+                    telemetry::mint_failed(self.kind(), error);
                     tracing::warn!(installation = self.params.installation_id, %error, "retrying the mint with a corrected clock");
                 };
                 let mint = || mint_correcting_skew(app, client, &self.params, failed);
@@ -431,11 +454,12 @@ impl Shared {
                         mint_through(&**store, app, &self.params, known, refresh_before, &AlwaysTurn, mint).await?
                     }
                 };
-                let counter = match origin {
-                    Origin::Minted | Origin::ForFleet => &self.counters.mints,
-                    Origin::Adopted => &self.counters.shared,
+                let (counter, got) = match origin {
+                    Origin::Minted | Origin::ForFleet => (&self.counters.mints, Got::Minted),
+                    Origin::Adopted => (&self.counters.shared, Got::Shared),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                telemetry::minted(self.kind(), got, started.elapsed());
                 (minted, None)
             }
             Minter::User(rotation) => {
@@ -479,6 +503,7 @@ impl Shared {
                 match outcome {
                     Ok(current) => {
                         self.counters.mints.fetch_add(1, Ordering::Relaxed);
+                        telemetry::minted(self.kind(), Got::Minted, started.elapsed());
                         (crate::user::minted(current)?, epoch)
                     }
                     Err(failure) => {
@@ -805,6 +830,7 @@ impl Handle {
                     *wanted = Some(wanted.map_or(validity, |w| w.max(validity)));
                 }
                 shared.counters.waited_requests.fetch_add(1, Ordering::Relaxed);
+                telemetry::waited(shared.kind());
                 shared.wake_refresher();
             }
             // Bounded: a refresher whose runtime does not run it never answers; then we start our own.
@@ -936,10 +962,11 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
         let until = now + shared.mint_budget();
         shared.heartbeat(until);
         shared.status.send_replace(Status::Minting);
+        let span = tracing::info_span!("refresh", installation, kind = shared.kind(), attempt = failures + 1);
         let outcome = tokio::select! {
             biased;
             _ = shutdown.changed() => return,
-            outcome = shared.mint() => outcome,
+            outcome = shared.mint().instrument(span) => outcome,
         };
         if !shared.is_live(generation) {
             // Replaced while minting (its runtime stalled): hand the token over rather than waste the mint.
@@ -1010,6 +1037,7 @@ async fn refresh(guard: RunningGuard, mut shutdown: watch::Receiver<()>, wake: A
                 let delay = shared.backoff(failures, now);
                 retry_at = Some(now + delay);
                 shared.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
+                telemetry::mint_failed(shared.kind(), &error);
                 tracing::warn!(installation, kind = shared.kind(), %error, failures, retry_in = ?delay, "getting a token failed");
                 shared.status.send_replace(Status::Failed(error));
             }

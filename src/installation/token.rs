@@ -44,6 +44,8 @@ pub(crate) struct TokenEntry {
     pub(crate) source: Weak<dyn Invalidate>,
     /// Whether GitHub accepted it yet, and the probes of its replication lag.
     pub(crate) replication: Replication,
+    /// Where each request that carries it records its age (feature `metrics`; nothing without).
+    pub(crate) age_at_use: crate::telemetry::AgeAtUse,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]

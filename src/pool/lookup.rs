@@ -17,6 +17,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind, scrub};
@@ -305,6 +306,26 @@ impl Lookups {
     /// Asks GitHub and caches the answer (unless something was forgotten meanwhile: the answer may predate it).
     /// `Some(installation)`, or `None` when GitHub says the App is not installed there.
     async fn look_up(&self, subject: &Subject, github: &Github<'_>) -> Result<Option<u64>, Error> {
+        let span = tracing::info_span!(
+            "lookup",
+            account = subject.owner(),
+            repository = subject.repo().unwrap_or(""),
+            installation = tracing::field::Empty,
+        );
+        let outcome = self.ask(subject, github).instrument(span.clone()).await;
+        let label = match &outcome {
+            Ok(Some(installation)) => {
+                span.record("installation", installation);
+                "found"
+            }
+            Ok(None) => "not_installed",
+            Err(_) => "failed",
+        };
+        crate::telemetry::looked_up(label);
+        outcome
+    }
+
+    async fn ask(&self, subject: &Subject, github: &Github<'_>) -> Result<Option<u64>, Error> {
         github.counters.lookups.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
         let what = format!("the installation lookup for {}", subject.describe());

@@ -89,6 +89,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::app::GitHubApp;
 use crate::auth::{AccountRoute, OwnedAccountRoute, account_route, account_route_resolved};
@@ -103,6 +104,7 @@ use crate::installation::watchdog::{Registration, Watched};
 use crate::installation::{ApiBase, InstallationToken, TokenScope};
 use crate::shared::{Origin, SharedKey, SharedTokens, Turn, fingerprint, mint_through};
 use crate::source::{Acquire, Route, TokenSource, own_copy};
+use crate::telemetry::{self, Got, PoolGauge};
 use lookup::{Github, Lookups, Subject};
 use slot::{Slot, SlotKey, SlotKeyRef};
 
@@ -192,6 +194,9 @@ pub(crate) struct PoolInner {
     /// Tokens of entries that left the pool, kept until they expire so that `revoke_all` reaches them.
     retired: Arc<Mutex<Vec<Arc<TokenEntry>>>>,
     counters: Arc<Counters>,
+    /// The [`POOL_INSTALLATIONS`](crate::telemetry::POOL_INSTALLATIONS) gauge: up when a slot is created, down
+    /// when it leaves.
+    gauge: PoolGauge,
     default_installation: Option<u64>,
     not_installed_ttl: Duration,
     /// Mints under way, and a signal when the last one settles: `revoke_all` waits for them.
@@ -574,9 +579,11 @@ impl InstallationPoolBuilder {
         }
         let counters = Arc::new(Counters::default());
         let retired = Arc::new(Mutex::new(Vec::<Arc<TokenEntry>>::new()));
+        let gauge = PoolGauge::new();
         let slots = {
             let counters = Arc::clone(&counters);
             let retired = Arc::clone(&retired);
+            let gauge = gauge.clone();
             moka::sync::Cache::builder()
                 .max_capacity(self.max_installations)
                 // Plain LRU: a new installation is always admitted (TinyLFU could refuse it, and then every
@@ -586,6 +593,7 @@ impl InstallationPoolBuilder {
                     if cause == moka::notification::RemovalCause::Size {
                         counters.capacity_evictions.fetch_add(1, Ordering::Relaxed);
                     }
+                    gauge.decrement();
                     keep_for_revocation(&retired, slot.retire());
                 })
                 .build()
@@ -602,6 +610,7 @@ impl InstallationPoolBuilder {
             scheduler: scheduler::Scheduler::new(self.max_concurrent_mints, self.mint_rate),
             retired,
             counters,
+            gauge,
             default_installation: self.default_installation,
             not_installed_ttl: self.not_installed_ttl,
             minting: Default::default(),
@@ -694,7 +703,10 @@ impl PoolInner {
     /// The slot for `key`, created if there is none.
     fn slot(&self, key: SlotKey) -> Arc<Slot> {
         let counters = Arc::clone(&self.counters);
-        self.slots.get_with(key.clone(), || Slot::new(key, counters))
+        self.slots.get_with(key.clone(), || {
+            self.gauge.increment();
+            Slot::new(key, counters)
+        })
     }
 
     /// The slow path: resolve the installation, then a usable token of its slot, minting if needed (one mint
@@ -713,6 +725,7 @@ impl PoolInner {
             if !counted {
                 counted = true;
                 self.counters.waited_requests.fetch_add(1, Ordering::Relaxed);
+                telemetry::waited("installation");
             }
             if let Some(error) = slot.failure() {
                 return Err(error);
@@ -761,9 +774,26 @@ impl PoolInner {
     /// One mint for `slot`, holding a mint permit; with a shared store, the token another process minted, or
     /// one minted here under the store's lease (the permit is held only while this process mints).
     async fn mint(&self, slot: &Arc<Slot>, permit: OwnedSemaphorePermit) -> Result<Arc<TokenEntry>, Error> {
+        let span = tracing::info_span!(
+            "mint",
+            installation = slot.key.installation,
+            kind = "installation",
+            scoped = slot.key.scope.is_some(),
+            serial = tracing::field::Empty,
+            expires_in = tracing::field::Empty,
+        );
+        let token = self.mint_once(slot, permit).instrument(span.clone()).await?;
+        span.record("serial", token.serial);
+        span.record("expires_in", token.expires().saturating_duration_since(Instant::now()).as_secs());
+        Ok(token)
+    }
+
+    async fn mint_once(&self, slot: &Arc<Slot>, permit: OwnedSemaphorePermit) -> Result<Arc<TokenEntry>, Error> {
+        let started = Instant::now();
         let params = self.params(&slot.key);
         let failed = |error: &Error| {
             self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
+            telemetry::mint_failed("installation", error);
             tracing::warn!(installation = slot.key.installation, %error, "retrying the mint with a corrected clock");
         };
         let (minted, origin) = match &self.shared {
@@ -789,10 +819,12 @@ impl PoolInner {
                 mint_through(&**shared, &self.app, &params, known, refresh_before, &turn, mint).await?
             }
         };
-        match origin {
-            Origin::Minted | Origin::ForFleet => self.counters.mints.fetch_add(1, Ordering::Relaxed),
-            Origin::Adopted => self.counters.shared.fetch_add(1, Ordering::Relaxed),
+        let (counter, got) = match origin {
+            Origin::Minted | Origin::ForFleet => (&self.counters.mints, Got::Minted),
+            Origin::Adopted => (&self.counters.shared, Got::Shared),
         };
+        counter.fetch_add(1, Ordering::Relaxed);
+        telemetry::minted("installation", got, started.elapsed());
         // Uses count from the token's arrival: one that no request uses is not refreshed.
         slot.used.store(false, Ordering::Relaxed);
         let mut entry =
@@ -822,6 +854,7 @@ impl PoolInner {
     /// is in use.
     fn failed(&self, slot: &Arc<Slot>, error: Error) {
         self.counters.failed_mints.fetch_add(1, Ordering::Relaxed);
+        telemetry::mint_failed("installation", &error);
         let failures = slot.failures() + 1;
         let timing = &self.settings.timing;
         let exponential = timing.backoff_min.saturating_mul(1 << failures.saturating_sub(1).min(20));
@@ -939,7 +972,13 @@ async fn refresh(pool: Arc<PoolInner>, slot: Arc<Slot>, permit: OwnedSemaphorePe
         requeue.done();
         return;
     }
-    let minted = pool.mint(&slot, permit).await;
+    let span = tracing::info_span!(
+        "refresh",
+        installation = slot.key.installation,
+        kind = "installation",
+        attempt = slot.failures() + 1
+    );
+    let minted = pool.mint(&slot, permit).instrument(span).await;
     let token = match minted {
         Ok(token) => token,
         Err(error) => {

@@ -218,6 +218,7 @@ impl Invalidate for Slot {
         let dropped = take_current_if(&self.current, &self.previous, |token| token.serial == serial).is_some();
         if dropped {
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::invalidated("installation");
             tracing::info!(installation = self.key.installation, serial, "installation token invalidated");
         }
         dropped

@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::retry::Policy;
 use tower::retry::budget::Budget;
+use tracing::Instrument;
 
 use super::body::{BuiltinBodies, CloneBody, CloneBodyFn};
 use super::budget::RetryBudget;
@@ -213,7 +214,7 @@ impl<C> RetryOn401Policy<C> {
                 if !self.attempt.retried_after_proof {
                     // This attempt was likely sent before another request proved the token: retry at once, free.
                     self.attempt.retried_after_proof = true;
-                    return Some(Box::pin(std::future::ready(())));
+                    return Some(self.retrying(LAG, Some(&used), std::future::ready(())));
                 }
                 // Refused again after the proof: a lagging replica. A plain, paid retry after backoff.
                 if !self.withdraw() {
@@ -221,14 +222,15 @@ impl<C> RetryOn401Policy<C> {
                     return None;
                 }
                 let delay = self.lag_backoff(self.attempt.lag_retries).min(window_ends - now);
-                return Some(Box::pin(tokio::time::sleep(delay)));
+                return Some(self.retrying(LAG, Some(&used), tokio::time::sleep(delay)));
             }
             // Not proven yet: wait for another request's proof, or for this request's turn to probe. One probe
             // per token per step goes out whatever the budget says; everyone else waits on its answer. A token
             // that no probe got through for the whole window is stale: replace it (one shared mint) and retry
             // once with the new one.
             let steps = self.config.probe_steps;
-            return Some(Box::pin(async move {
+            let span_of = used.clone();
+            return Some(self.retrying(LAG, Some(&span_of), async move {
                 if used.replication().wait_turn(used.minted_at(), window_ends, steps).await == Turn::WindowClosed {
                     used.invalidate();
                 }
@@ -248,7 +250,7 @@ impl<C> RetryOn401Policy<C> {
                 return None;
             }
             self.attempt.retries += 1;
-            return Some(Box::pin(std::future::ready(())));
+            return Some(self.retrying("stale_token", Some(&used), std::future::ready(())));
         }
         self.give_up(response, "scoped token refused after its lag window");
         None
@@ -278,7 +280,7 @@ impl<C> RetryOn401Policy<C> {
             return None;
         }
         self.attempt.retries += 1;
-        Some(Box::pin(std::future::ready(())))
+        Some(self.retrying("user_token_rotated", Some(&used), std::future::ready(())))
     }
 
     fn on_app_jwt<B>(&mut self, response: &mut Response<B>, used: AppJwtUsed) -> Option<RetryFuture> {
@@ -300,9 +302,31 @@ impl<C> RetryOn401Policy<C> {
         }
         self.attempt.clock_corrected = true;
         self.attempt.retries += 1;
-        Some(Box::pin(std::future::ready(())))
+        Some(self.retrying("clock_skew", None, std::future::ready(())))
+    }
+
+    /// The wait before a retry, in a `retry` span (which token, which attempt, why), counted by reason.
+    fn retrying(
+        &self,
+        reason: &'static str,
+        used: Option<&InstallationTokenUsed>,
+        wait: impl Future<Output = ()> + Send + 'static,
+    ) -> RetryFuture {
+        crate::telemetry::retried(reason);
+        let span = tracing::info_span!(
+            "retry",
+            installation = used.map(InstallationTokenUsed::installation_id),
+            serial = used.map(InstallationTokenUsed::serial),
+            attempt = self.attempt.retries,
+            reason,
+        );
+        span.in_scope(|| tracing::debug!("GitHub refused the request's credentials; retrying"));
+        Box::pin(wait.instrument(span))
     }
 }
+
+/// The `reason` of retries while GitHub replicates a fresh token.
+const LAG: &str = "replication_lag";
 
 type RetryFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 

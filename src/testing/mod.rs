@@ -33,6 +33,9 @@
 //! - `GET /repos/{owner}/{repo}`, `GET /installation/repositories`, `DELETE /installation/token`
 //!   (installation token: valid, unexpired, not revoked, replicated, of an installation that can see the
 //!   repository; `401 Bad credentials` otherwise);
+//! - `POST /repos/{owner}/{repo}/issues/{number}/comments` (installation token, as above, with `issues: write`):
+//!   `201` with the comment as GitHub shows it (written by `fake-app[bot]`), recorded for
+//!   [`FakeGitHub::comments`]; `400` for a body that is not JSON, `422` without a `body`;
 //! - on a second port, its uploads origin ([`FakeGitHub::uploads_base`]):
 //!   `POST /repos/{owner}/{repo}/releases/{id}/assets` (installation token);
 //! - on its web origin ([`FakeGitHub::web_base`], the same port; `https://github.com` on GitHub):
@@ -57,7 +60,8 @@ mod server;
 pub use oauth::OAuthCounts;
 pub use redis::RedisServer;
 pub use server::{
-    Credential, FakeGitHub, FakeGitHubBuilder, InProcess, MintFault, MintRecord, RecordedRequest, TokenState,
+    Credential, FakeGitHub, FakeGitHubBuilder, InProcess, IssueComment, MintFault, MintRecord, RecordedRequest,
+    TokenState,
 };
 
 /// A 2048-bit RSA private key (PKCS#1 PEM) made for this crate's tests. It is public: never use it for a real

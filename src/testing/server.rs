@@ -110,6 +110,27 @@ pub struct RecordedRequest {
     pub status: u16,
 }
 
+/// An issue comment the server accepted (`POST /repos/{owner}/{repo}/issues/{number}/comments`), see
+/// [`FakeGitHub::comments`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IssueComment {
+    /// The comment's id, as the answer gave it: 1 for the first comment, and so on.
+    pub id: u64,
+    /// The installation whose token authorized it.
+    pub installation: u64,
+    /// That token's serial (see [`MintRecord::serial`]).
+    pub token_serial: u64,
+    /// The repository's owner, as the path named it.
+    pub owner: String,
+    /// The repository's name, as the path named it.
+    pub repo: String,
+    /// The issue (or pull request) number.
+    pub issue: u64,
+    /// The comment's text.
+    pub body: String,
+}
+
 pub(super) struct App {
     id: u64,
     pub(super) client_id: String,
@@ -141,6 +162,8 @@ struct IssuedToken {
     revoked: bool,
     /// Repository names the token is limited to; `None` for the whole installation.
     repositories: Option<Vec<String>>,
+    /// What the token may do (the installation's permissions, or the ones it was limited to).
+    permissions: BTreeMap<String, String>,
     scoped: bool,
 }
 
@@ -170,6 +193,7 @@ pub(super) struct State {
     mints: u64,
     mint_attempts: u64,
     mint_log: Vec<MintRecord>,
+    comments: Vec<IssueComment>,
 }
 
 /// One token the fake minted: for which installation, and when (see [`FakeGitHub::mint_log`]).
@@ -395,6 +419,7 @@ impl FakeGitHub {
                 mints: 0,
                 mint_log: Vec::new(),
                 mint_attempts: 0,
+                comments: Vec::new(),
             },
         }
         .app(Self::APP_ID, Self::CLIENT_ID, &key)
@@ -468,6 +493,12 @@ impl FakeGitHub {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state().requests.clone()
+    }
+
+    /// Every issue comment created so far, in order: which installation's token created it, where, and what it
+    /// says.
+    pub fn comments(&self) -> Vec<IssueComment> {
+        self.state().comments.clone()
     }
 
     /// Sets the lifetime of tokens minted from now on.
@@ -804,13 +835,8 @@ where
         }
         (&Method::GET, ["repos", owner, repo]) => {
             let full_name = format!("{owner}/{repo}");
-            let (credential, response) = with_token(&mut s, authorization.as_deref(), |s, installation, token| {
-                let visible = s.installations[&installation].covers(&full_name)
-                    && token
-                        .repositories
-                        .as_ref()
-                        .is_none_or(|names| names.iter().any(|n| n.eq_ignore_ascii_case(repo)));
-                if !visible {
+            let (credential, response) = with_token(&s, authorization.as_deref(), |s, installation, token| {
+                if !token.sees(s, installation, &full_name) {
                     return not_found(s);
                 }
                 match s.rendered.get(&full_name) {
@@ -820,8 +846,48 @@ where
             });
             (credential, response)
         }
+        (&Method::POST, ["repos", owner, repo, "issues", number, "comments"]) => {
+            let full_name = format!("{owner}/{repo}");
+            let number = number.parse::<u64>().ok().filter(|n| *n > 0);
+            let text = comment_text(&body);
+            let id = s.comments.len() as u64 + 1;
+            let at = humantime::format_rfc3339_seconds(s.wall_now()).to_string();
+            let (credential, response) = with_token(&s, authorization.as_deref(), |s, installation, token| {
+                let Some(number) = number.filter(|_| token.sees(s, installation, &full_name)) else {
+                    return not_found(s);
+                };
+                if token.permissions.get("issues").is_none_or(|level| level != "write") {
+                    return error(s, 403, "Resource not accessible by integration");
+                }
+                let text = match &text {
+                    Ok(text) => text,
+                    Err((status, message)) => return error(s, *status, message),
+                };
+                let comment = github::issue_comment(&s.urls, &full_name, number, id, text, &at);
+                let mut response = respond(s, 201, "application/json; charset=utf-8", Bytes::from(comment.to_string()));
+                if let Some(location) = comment["url"].as_str().and_then(|url| http::HeaderValue::try_from(url).ok()) {
+                    response.headers_mut().insert(LOCATION, location);
+                }
+                response
+            });
+            if response.status() == StatusCode::CREATED
+                && let (Credential::InstallationToken { serial, installation_id, .. }, Ok(text), Some(issue)) =
+                    (&credential, text, number)
+            {
+                s.comments.push(IssueComment {
+                    id,
+                    installation: *installation_id,
+                    token_serial: *serial,
+                    owner: (*owner).to_owned(),
+                    repo: (*repo).to_owned(),
+                    issue,
+                    body: text,
+                });
+            }
+            (credential, response)
+        }
         (&Method::GET, ["installation", "repositories"]) => {
-            with_token(&mut s, authorization.as_deref(), |s, installation, token| {
+            with_token(&s, authorization.as_deref(), |s, installation, token| {
                 if token.repositories.is_none()
                     && let Some(body) = s.installation_lists.get(&installation)
                 {
@@ -845,7 +911,7 @@ where
         (&Method::DELETE, ["installation", "token"]) => {
             let token = bearer(authorization.as_deref()).map(str::to_owned);
             let (credential, response) =
-                with_token(&mut s, authorization.as_deref(), |s, _, _| respond(s, 204, "text/plain", Bytes::new()));
+                with_token(&s, authorization.as_deref(), |s, _, _| respond(s, 204, "text/plain", Bytes::new()));
             if response.status() == StatusCode::NO_CONTENT
                 && let Some(issued) = token.and_then(|t| s.tokens.get_mut(&t))
             {
@@ -1086,21 +1152,38 @@ fn token_state(s: &State, token: &IssuedToken) -> TokenState {
     }
 }
 
-struct TokenView {
-    repositories: Option<Vec<String>>,
+impl IssuedToken {
+    /// Whether a token of `installation` can see the repository `owner/name`: the installation covers it, and
+    /// the token is not limited to other repositories. GitHub answers `404` for a repository a token cannot see.
+    fn sees(&self, s: &State, installation: u64, full_name: &str) -> bool {
+        let name = full_name.split_once('/').map_or(full_name, |(_, name)| name);
+        s.installations[&installation].covers(full_name)
+            && self.repositories.as_ref().is_none_or(|names| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+    }
+}
+
+/// The text of an issue comment request (`{"body": "..."}`), or GitHub's status and message for a request without
+/// one: `400` for a body that is not JSON, `422` for JSON without a `body` string or with an empty one.
+fn comment_text(body: &[u8]) -> Result<String, (u16, String)> {
+    let request: Value = serde_json::from_slice(body).map_err(|_| (400, "Problems parsing JSON".to_owned()))?;
+    match request.get("body") {
+        None | Some(Value::Null) => Err((422, "Invalid request.\n\n\"body\" wasn't supplied.".to_owned())),
+        Some(Value::String(text)) if text.trim().is_empty() => Err((422, "Validation Failed".to_owned())),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(other) => Err((422, format!("Invalid request.\n\nFor 'properties/body', {other} is not a string."))),
+    }
 }
 
 fn with_token(
-    s: &mut State,
+    s: &State,
     authorization: Option<&str>,
-    answer: impl FnOnce(&State, u64, &TokenView) -> Response<Full<Bytes>>,
+    answer: impl FnOnce(&State, u64, &IssuedToken) -> Response<Full<Bytes>>,
 ) -> (Credential, Response<Full<Bytes>>) {
     let credential = classify(s, authorization);
     let token = bearer(authorization).and_then(|t| s.tokens.get(t));
     match (&credential, token) {
         (Credential::InstallationToken { installation_id, state: TokenState::Valid, .. }, Some(token)) => {
-            let view = TokenView { repositories: token.repositories.clone() };
-            let response = answer(s, *installation_id, &view);
+            let response = answer(s, *installation_id, token);
             (credential, response)
         }
         (Credential::InstallationToken { state: TokenState::Replicating, .. }, Some(token)) if token.scoped => {
@@ -1205,6 +1288,7 @@ fn mint(
             expires: now + lifetime,
             revoked: false,
             repositories: (!scope.repositories.is_empty()).then_some(scope.repositories),
+            permissions,
             scoped,
         },
     );

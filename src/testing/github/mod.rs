@@ -7,6 +7,7 @@
 //! | `repository.json` | the item of `repository-paginated-2` | lists of repositories, token responses |
 //! | `installation.json` | `installation` | `GET /app/installations`, `/…/installation` lookups |
 //! | `integration.json` | `integration` | `GET /app` |
+//! | `issue-comment.json` | `issue-comment` | `POST /repos/{owner}/{repo}/issues/{number}/comments` |
 //!
 //! The files are unchanged; rendering replaces the example's names (`octocat`, `Hello-World`), ids and URLs
 //! (`https://api.github.com`, `https://github.com`) with the fixture's, so typed clients (octocrab and the like)
@@ -20,6 +21,10 @@ const FULL_REPOSITORY: &str = include_str!("full-repository.json");
 const REPOSITORY: &str = include_str!("repository.json");
 const INSTALLATION: &str = include_str!("installation.json");
 const INTEGRATION: &str = include_str!("integration.json");
+const ISSUE_COMMENT: &str = include_str!("issue-comment.json");
+
+/// The fake's Apps' slug: their bot user is `fake-app[bot]`.
+pub(super) const APP_SLUG: &str = "fake-app";
 
 /// Where the fake server answers: the URLs inside its answers point there.
 #[derive(Debug, Clone)]
@@ -99,7 +104,7 @@ pub(super) fn installation(
     value["id"] = json!(id);
     value["app_id"] = json!(app_id);
     value["client_id"] = json!(client_id);
-    value["app_slug"] = json!("fake-app");
+    value["app_slug"] = json!(APP_SLUG);
     value["target_id"] = json!(id_of(account));
     value["target_type"] = json!(kind);
     value["repository_selection"] = json!(if all_repositories { "all" } else { "selected" });
@@ -127,9 +132,36 @@ pub(super) fn app(urls: &Urls, id: u64, client_id: &str) -> Value {
     let mut value = render(INTEGRATION, urls, "octo-org", "");
     value["id"] = json!(id);
     value["client_id"] = json!(client_id);
-    value["slug"] = json!("fake-app");
+    value["slug"] = json!(APP_SLUG);
     value["name"] = json!("Fake App");
     set_account(&mut value["owner"], "octo-org", "Organization");
+    value
+}
+
+/// An issue comment the App's bot user wrote (`{slug}[bot]`, type `Bot`), as
+/// `POST /repos/{owner}/{repo}/issues/{number}/comments` answers it.
+pub(super) fn issue_comment(urls: &Urls, full_name: &str, number: u64, id: u64, body: &str, at: &str) -> Value {
+    let (owner, name) = full_name.split_once('/').unwrap_or((full_name, full_name));
+    let mut value = render(ISSUE_COMMENT, urls, owner, name);
+    let bot = format!("{APP_SLUG}[bot]");
+    // The user's URLs name the bot (`/users/fake-app%5Bbot%5D`), not the repository's owner.
+    let mut user = render(ISSUE_COMMENT, urls, &format!("{APP_SLUG}%5Bbot%5D"), "")["user"].take();
+    user["login"] = json!(bot);
+    user["id"] = json!(id_of(&bot));
+    user["type"] = json!("Bot");
+    user["html_url"] = json!(format!("{}/apps/{APP_SLUG}", urls.web));
+    value["user"] = user;
+    value["id"] = json!(id);
+    // GitHub's legacy global id: base64 of "012:IssueComment{id}", as in the example.
+    value["node_id"] =
+        json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("012:IssueComment{id}")));
+    value["url"] = json!(format!("{}/repos/{full_name}/issues/comments/{id}", urls.api));
+    value["html_url"] = json!(format!("{}/{full_name}/issues/{number}#issuecomment-{id}", urls.web));
+    value["issue_url"] = json!(format!("{}/repos/{full_name}/issues/{number}", urls.api));
+    value["body"] = json!(body);
+    value["created_at"] = json!(at);
+    value["updated_at"] = json!(at);
+    value["author_association"] = json!("NONE");
     value
 }
 
@@ -166,5 +198,20 @@ mod tests {
         assert_eq!(installation["account"]["login"], "octo-org");
         assert_eq!(installation["account"]["type"], "Organization");
         assert_eq!(app(&urls(), 1, "Iv1.x")["id"], 1);
+    }
+
+    #[test]
+    fn issue_comment_is_the_bots() {
+        let comment = issue_comment(&urls(), "octo-org/octo-repo", 7, 1, "Thanks!", "2026-01-02T03:04:05Z");
+        assert_eq!(comment["id"], 1);
+        assert_eq!(comment["node_id"], "MDEyOklzc3VlQ29tbWVudDE=", "the example's own node id for id 1");
+        assert_eq!(comment["body"], "Thanks!");
+        assert_eq!(comment["user"]["login"], "fake-app[bot]");
+        assert_eq!(comment["user"]["type"], "Bot");
+        assert_eq!(comment["user"]["url"], "http://127.0.0.1:1/api/v3/users/fake-app%5Bbot%5D");
+        assert_eq!(comment["html_url"], "http://127.0.0.1:1/octo-org/octo-repo/issues/7#issuecomment-1");
+        assert_eq!(comment["issue_url"], "http://127.0.0.1:1/api/v3/repos/octo-org/octo-repo/issues/7");
+        assert_eq!(comment["created_at"], "2026-01-02T03:04:05Z");
+        assert!(!comment.to_string().contains("octocat") && !comment.to_string().contains("Hello-World"));
     }
 }
