@@ -55,6 +55,7 @@ const POOL_PATHS: [&str; 7] = [
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,tower_github_app=info".into()),
@@ -385,6 +386,8 @@ fn print_metrics(snapshotter: &metrics_util::debugging::Snapshotter) {
     lines.sort();
     println!();
     println!("metrics (the `metrics` facade, all three parts of the demo):");
+    println!("  (mints count this process's: the first part's installation kept refreshing during the later parts;");
+    println!("  the pool gauge is 0 because the pool revoked and dropped its tokens at the end of its part)");
     for (name, value) in lines {
         println!("  {name:<72} {value}");
     }

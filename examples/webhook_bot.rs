@@ -16,9 +16,14 @@
 //!    (an [`InstallationFor::Id`] request extension, so the pool needs no lookup), through
 //!    `Timeout` → `RetryLayer<RetryOn401Policy>` → `AppAuthLayer<InstallationPool>` → the HTTP client;
 //! 3. `installation` `deleted`/`suspend`/`new_permissions_accepted`: `pool.forget_installation(id)` (its tokens
-//!    stop being used at once); `created`/`unsuspend` and `installation_repositories`:
-//!    `pool.forget_account(login)` (what lookups said about the account is stale);
+//!    stop being used at once); `created` and `installation_repositories`: `pool.forget_account(login)` (what
+//!    lookups said about the account is stale); `unsuspend`: both (and the failed mint is forgotten too);
 //! 4. `ping`: `200`; any other event or action: `204`; a payload that is not the JSON the event needs: `400`.
+//!
+//! A delivery handled once (answered `2xx`) is not handled again: its `X-GitHub-Delivery` id is remembered for a
+//! day (100,000 at most), so a captured delivery replayed by someone else is answered `200` and ignored, while
+//! GitHub's redelivery of one that failed is handled. At most [`MAX_CONCURRENT`] deliveries are read and handled
+//! at a time (each may be 25 MB before its signature can be checked); the others wait.
 //!
 //! The comment is made before the bot answers, so the answer says what happened (`502` when GitHub refused).
 //! GitHub waits 10 seconds for an answer: a bot with slower work answers first and queues the work.
@@ -49,6 +54,8 @@ use tower_github_app::{AppAuthLayer, InstallationFor, InstallationPool, RetryOn4
 
 /// GitHub's largest webhook payload: it does not deliver bigger ones.
 pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
+/// Deliveries read and handled at once.
+pub const MAX_CONCURRENT: usize = 32;
 /// What the bot says on a new issue.
 pub const THANKS: &str = "Thanks for opening this issue! A maintainer will have a look soon.";
 /// The `User-Agent` of the bot's API requests (GitHub requires one).
@@ -67,6 +74,8 @@ struct Inner {
     secret: WebhookSecret,
     pool: InstallationPool,
     github: GitHub,
+    /// The `X-GitHub-Delivery` ids of deliveries handled: a replay is not handled again.
+    handled: moka::sync::Cache<String, ()>,
 }
 
 impl Bot {
@@ -87,7 +96,9 @@ impl Bot {
             .layer(AppAuthLayer::new(pool.clone()))
             .map_response(|response: Response<ResBody>| response.map(axum::body::Body::new))
             .service(client);
-        Self { inner: Arc::new(Inner { secret, pool, github: BoxCloneSyncService::new(github) }) }
+        let handled =
+            moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(24 * 3600)).build();
+        Self { inner: Arc::new(Inner { secret, pool, github: BoxCloneSyncService::new(github), handled }) }
     }
 
     /// The pool the bot's requests take their tokens from.
@@ -98,7 +109,11 @@ impl Bot {
 
 /// The bot's routes: `POST /webhook`.
 pub fn router(bot: Bot) -> Router {
-    Router::new().route("/webhook", post(webhook)).layer(DefaultBodyLimit::max(MAX_PAYLOAD)).with_state(bot)
+    Router::new()
+        .route("/webhook", post(webhook))
+        .layer(DefaultBodyLimit::max(MAX_PAYLOAD))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
+        .with_state(bot)
 }
 
 /// One delivery.
@@ -109,6 +124,10 @@ async fn webhook(State(bot): State<Bot>, headers: HeaderMap, body: Bytes) -> axu
         tracing::warn!(%delivery, %error, "refused a webhook delivery");
         return (StatusCode::UNAUTHORIZED, error.to_string()).into_response();
     }
+    if delivery != "-" && bot.inner.handled.contains_key(&delivery) {
+        tracing::warn!(%delivery, "a delivery handled before arrived again: ignored");
+        return (StatusCode::OK, "already handled".to_owned()).into_response();
+    }
     let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or_default();
     tracing::info!(%delivery, event, "webhook delivery");
     let (status, text) = match event {
@@ -118,6 +137,9 @@ async fn webhook(State(bot): State<Bot>, headers: HeaderMap, body: Bytes) -> axu
         "installation_repositories" => bot.on_installation_repositories(&body),
         _ => (StatusCode::NO_CONTENT, String::new()),
     };
+    if status.is_success() && delivery != "-" {
+        bot.inner.handled.insert(delivery, ());
+    }
     (status, text).into_response()
 }
 
@@ -211,9 +233,15 @@ impl Bot {
                 (StatusCode::OK, format!("forgot installation {id}"))
             }
             // A "not installed" answer about the account is stale.
-            "created" | "unsuspend" => {
+            "created" => {
                 self.inner.pool.forget_account(&account.login);
                 (StatusCode::OK, format!("forgot lookups of {}", account.login))
+            }
+            // So is a failed mint of the suspended installation, which requests would wait out otherwise.
+            "unsuspend" => {
+                self.inner.pool.forget_installation(id);
+                self.inner.pool.forget_account(&account.login);
+                (StatusCode::OK, format!("forgot installation {id} and lookups of {}", account.login))
             }
             _ => (StatusCode::NO_CONTENT, String::new()),
         }
@@ -388,7 +416,9 @@ impl Config {
 async fn serve(config: Config) -> Result<(), BoxError> {
     let key = std::fs::read(&config.key_file).map_err(|e| format!("could not read {}: {e}", config.key_file))?;
     let app = tower_github_app::GitHubApp::from_pem(config.app_id, key)?;
-    let client = tower_github_app::client::https_client()?;
+    // HTTPS (plain http only to a loopback test server, such as `FakeGitHub`).
+    let api_base = tower_github_app::ApiBase::parse(&config.api_url)?;
+    let client = tower_github_app::client::client_for(&api_base)?;
     let pool = InstallationPool::builder(app).api_base(&config.api_url).user_agent(USER_AGENT).build(client.clone())?;
     let bot = Bot::new(WebhookSecret::new(config.secret)?, pool, client);
     let listener = tokio::net::TcpListener::bind(&config.bind).await?;

@@ -3,8 +3,9 @@
 //!
 //! [`octocrab`] builds an [`Octocrab`] whose HTTP stack is, from the outside in: the `User-Agent` and
 //! `X-GitHub-Api-Version` headers, octocrab's base URI (the source's API), tower-http's `FollowRedirect` (a
-//! redirect to another host carries no token: the auth layer stamps each hop by its origin), a
-//! [`RetryOn401Policy`] that replays octocrab's buffered bodies, a timeout per attempt, the
+//! redirect to another host carries no token: the auth layer stamps each hop by its origin), a timeout between
+//! parts of a response body, a [`RetryOn401Policy`] that replays octocrab's buffered bodies, a timeout per
+//! attempt, the
 //! [`GitHubAuthLayer`], and a hyper client over rustls ([`client_for`]). octocrab's own App authentication is not
 //! used: its `AuthState` is `None`, and tokens come from the layer, refreshed ahead of expiry, never minted on
 //! the request path while a valid one exists.
@@ -39,6 +40,7 @@ use tower::ServiceBuilder;
 use tower::retry::RetryLayer;
 use tower::timeout::TimeoutLayer;
 use tower_http_06::follow_redirect::FollowRedirectLayer;
+use tower_http_06::timeout::ResponseBodyTimeoutLayer;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -96,8 +98,9 @@ impl<T: TokenSource> OctocrabStack<T> {
         self
     }
 
-    /// How long one attempt may take before it fails with a timeout (default 30 s). A request waiting for its
-    /// installation's first token waits within it.
+    /// How long one attempt may wait for GitHub's answer, and then for each part of its body, before it fails
+    /// with a timeout (default 30 s; like octocrab's read timeout, a body that keeps arriving is not cut). A
+    /// request waiting for its installation's first token waits within it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -145,6 +148,7 @@ impl<T: TokenSource> OctocrabStack<T> {
         let policy: RetryOn401Policy<_> =
             self.retry.unwrap_or_else(RetryOn401Policy::builder).clone_body_fn(copy).build();
         let attempts = ServiceBuilder::new()
+            .layer(ResponseBodyTimeoutLayer::new(self.timeout))
             .layer(RetryLayer::new(policy))
             .layer(TimeoutLayer::new(self.timeout))
             .layer(self.auth)

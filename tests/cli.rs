@@ -92,7 +92,12 @@ fn assert_fails(output: &Output, code: i32, needle: &str) {
 
 /// Whether the fake GitHub accepts `token` for an API call.
 async fn accepted(github: &FakeGitHub, token: &str) -> bool {
-    let request = http::Request::get(format!("{}/installation/repositories", github.api_base()))
+    accepted_on(github, token, "/installation/repositories").await
+}
+
+/// Whether the fake GitHub answers `path` with `200` for `token`.
+async fn accepted_on(github: &FakeGitHub, token: &str, path: &str) -> bool {
+    let request = http::Request::get(format!("{}{path}", github.api_base()))
         .header("authorization", format!("Bearer {token}"))
         .header("user-agent", "test")
         .body(http_body_util::Full::default())
@@ -152,6 +157,7 @@ async fn min_validity_beyond_an_hour_is_refused() {
     let id = FakeGitHub::INSTALLATION_ID.to_string();
     let output = cli(&github, &scratch, &["token", "--installation-id", &id, "--min-validity", "2h"], "").await;
     assert_fails(&output, 1, "--min-validity 2h");
+    assert_eq!(github.mint_count(), 0, "refused before minting");
     let output = cli(&github, &scratch, &["token", "--installation-id", &id, "--min-validity", "30m"], "").await;
     assert!(output.status.success());
 }
@@ -164,13 +170,14 @@ async fn installations_are_listed() {
         .start()
         .await;
     let scratch = Scratch::new();
+    github.set_suspended(7, true);
     let output = cli(&github, &scratch, &["installations"], "").await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     let mut lines: Vec<&str> = stdout.lines().collect();
     lines.sort();
     let expected = format!("{}\tocto-org\tOrganization\tselected", FakeGitHub::INSTALLATION_ID);
-    assert_eq!(lines, [expected.as_str(), "7\toctocat\tUser\tselected"], "{stdout}");
+    assert_eq!(lines, [expected.as_str(), "7\toctocat\tUser\tselected\tsuspended"], "{stdout}");
 
     let output = cli(&github, &scratch, &["installations", "--json"], "").await;
     let json: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -208,9 +215,18 @@ async fn revoke_reads_the_token_from_stdin_or_a_variable() {
     assert_eq!(text(&output.stdout), "revoked\n");
     assert!(!accepted(&github, second.trim()).await);
 
-    // Not a token: refused without echoing it.
+    // `token --json`'s output.
+    let third = text(&cli(&github, &scratch, &["token", "--installation-id", &id, "--json"], "").await.stdout);
+    let output = cli(&github, &scratch, &["revoke"], &third).await;
+    assert_eq!(text(&output.stdout), "revoked\n", "{}", text(&output.stderr));
+
+    // Not a token, two tokens, a personal token: refused without echoing them.
     let output = cli(&github, &scratch, &["revoke"], "ghs_abc def\n").await;
     assert_fails(&output, 3, "not a GitHub token");
+    let output = cli(&github, &scratch, &["revoke"], "ghs_abcdef\nghs_ghijkl\n").await;
+    assert_fails(&output, 3, "one token per run");
+    let output = cli(&github, &scratch, &["revoke"], "ghp_abcdef\n").await;
+    assert_fails(&output, 3, "only installation tokens");
     let output = cli(&github, &scratch, &["revoke"], "").await;
     assert_fails(&output, 3, "no token");
 }
@@ -272,12 +288,14 @@ async fn bad_input_is_one_line_and_an_exit_code() {
     let output = run_with(app.clone(), &token(&["--repo", "not-there"])).await;
     assert_fails(&output, 1, "");
     // Arguments: no installation named; a malformed permission (clap's own message); repositories of two owners.
-    assert_fails(&run_with(app.clone(), &strings(&["token"])).await, 3, "--installation-id");
-    let output = run_with(app.clone(), &token(&["--permission", "contents"])).await;
-    assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("NAME=LEVEL"));
+    assert_fails(&run_with(app.clone(), &strings(&["token"])).await, 2, "--installation-id");
+    assert_fails(&run_with(app.clone(), &token(&["--permission", "contents"])).await, 2, "NAME=LEVEL");
+    assert_fails(&run_with(app.clone(), &strings(&["token", "--frobnicate"])).await, 2, "--frobnicate");
     let output = run_with(app.clone(), &strings(&["token", "--repo", "a/x", "--repo", "b/y"])).await;
-    assert_fails(&output, 3, "one installation");
+    assert_fails(&output, 2, "one installation");
+    // With an installation id, only GitHub knows its account: repository names without an owner.
+    let output = run_with(app.clone(), &token(&["--repo", "other-org/octo-lib"])).await;
+    assert_fails(&output, 2, "names in the installation's account");
     // Plain http to anything but loopback, and no server listening: refused, unreachable.
     let mut env = app.clone();
     env[2].1 = "http://api.example.com".into();
@@ -397,6 +415,25 @@ async fn git_credential_finds_the_installation_from_the_repository_path() {
     assert!(text(&output.stdout).contains("\nusername=x-access-token\npassword=ghs_"));
     assert_eq!((github.mint_count(), github.lookup_count()), (1, 1));
 
+    // The token is for the repository git asked about, not the whole installation.
+    let stdout = text(&output.stdout);
+    let token = stdout.lines().find_map(|l| l.strip_prefix("password=")).unwrap().to_owned();
+    assert!(accepted_on(&github, &token, "/repos/octo-org/octo-repo").await);
+    assert!(!accepted_on(&github, &token, "/repos/octo-org/octo-lib").await);
+
+    // Flags that name an owner: a repository of another owner gets no answer (git asks its next helper).
+    let owner = [
+        ("credential.helper", helper("--host github.com --owner octo-org")),
+        ("credential.useHttpPath", "true".into()),
+    ];
+    let owner: Vec<(&str, &str)> = owner.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let input = "protocol=https\nhost=github.com\npath=evil/octo-repo.git\n\n";
+    let output = run(git(&scratch, &owner, &env), &["credential", "fill"], input).await;
+    assert!(!output.status.success());
+    assert!(!text(&output.stdout).contains("password="));
+    assert!(!text(&output.stderr).contains("gh-app-token"), "{}", text(&output.stderr));
+    assert_eq!(github.mint_count(), 1);
+
     // A repository the App is not installed on: no credential, one line saying why.
     let input = "protocol=https\nhost=github.com\npath=someone/else.git\n\n";
     let output = run(git(&scratch, &config, &env), &["credential", "fill"], input).await;
@@ -445,4 +482,131 @@ async fn git_credential_protocol_directly() {
     let output = cli(&github, &scratch, &args, "hello\n").await;
     assert_fails(&output, 3, "`=`");
     assert_eq!(github.mint_count(), 1);
+}
+
+#[tokio::test]
+async fn behind_gits_cache_a_token_is_minted_once() {
+    let github = FakeGitHub::start().await;
+    let scratch = Scratch::new();
+    let env = app_env(&github.api_base(), &scratch.key());
+    // git's cache daemon refuses a socket directory others can read.
+    let sockets = scratch.0.join("cache");
+    std::fs::create_dir(&sockets).unwrap();
+    std::fs::set_permissions(&sockets, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let socket = sockets.join("sock").display().to_string();
+    let id = FakeGitHub::INSTALLATION_ID;
+    // The README's setup: git's own cache first, this helper second.
+    let cache = format!("\"cache --timeout=3600 --socket {socket}\"");
+    let ours = helper(&format!("--host github.com --installation-id {id}"));
+    let config_file = scratch.0.join("gitconfig");
+    std::fs::write(&config_file, format!("[credential]\n\thelper = {cache}\n\thelper = {ours}\n")).unwrap();
+    let git = || {
+        let mut all: Vec<(&str, String)> = vec![
+            ("HOME", scratch.0.display().to_string()),
+            ("GIT_CONFIG_GLOBAL", config_file.display().to_string()),
+            ("GIT_CONFIG_NOSYSTEM", "1".into()),
+            ("GIT_TERMINAL_PROMPT", "0".into()),
+        ];
+        all.extend(env.iter().cloned());
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        command("git", &all)
+    };
+    let ask = "protocol=https\nhost=github.com\n\n";
+    let first = run(git(), &["credential", "fill"], ask).await;
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    // What git does after a request with it succeeded: every helper is told to store it.
+    let filled = text(&first.stdout);
+    let output = run(git(), &["credential", "approve"], &format!("{filled}\n")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    for _ in 0..3 {
+        let again = run(git(), &["credential", "fill"], ask).await;
+        assert_eq!(text(&again.stdout), filled, "served from git's cache");
+    }
+    assert_eq!(github.mint_count(), 1);
+    let _ = run(git(), &["credential-cache", "--socket", &socket, "exit"], "").await;
+}
+
+/// A server on loopback that answers every request with headers promising 1,000 bytes, sends one, and stalls.
+async fn stalling_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buffer = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n[";
+            let _ = socket.write_all(head.as_bytes()).await;
+            held.push(socket);
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_stalling_server_is_given_up_on_after_the_timeout() {
+    let scratch = Scratch::new();
+    let url = stalling_server().await;
+    let env = app_env(&url, &scratch.key());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let timeout = ["--timeout", "300ms"];
+    let output = run(command(BIN, &env), &[&timeout[..], &["installations"]].concat(), "").await;
+    assert_fails(&output, 4, "300ms");
+    let output = run(command(BIN, &env), &[&timeout[..], &["revoke"]].concat(), "ghs_abcdefghijklmnop\n").await;
+    assert_fails(&output, 4, "300ms");
+    let host = url.trim_start_matches("http://");
+    let erase = format!("protocol=http\nhost={host}\nusername=x-access-token\npassword=ghs_abcdef\n\n");
+    let args = [&timeout[..], &["git-credential", "--installation-id", "1", "--revoke-on-erase", "erase"]].concat();
+    let output = run(command(BIN, &env), &args, &erase).await;
+    assert_fails(&output, 4, "300ms");
+    let output = run(command(BIN, &env), &[&timeout[..], &["token", "--installation-id", "1"]].concat(), "").await;
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output.stderr));
+}
+
+#[tokio::test]
+async fn values_pasted_where_a_variable_name_belongs_are_not_repeated() {
+    let github = FakeGitHub::start().await;
+    let scratch = Scratch::new();
+    let secret = "ghs_abcdefghijklmnopqrstuvwxyz0123456789";
+    let output = cli(&github, &scratch, &["revoke", "--token-env", secret], "").await;
+    assert_fails(&output, 2, "--token-env takes the name");
+    assert!(!text(&output.stderr).contains("abcdefghij"));
+    let output = cli(&github, &scratch, &["--key-env", TEST_PRIVATE_KEY, "installations"], "").await;
+    assert_fails(&output, 2, "--key-env takes the name");
+    // A URL with a password in it: refused without showing it.
+    let mut env = app_env("https://x:hunter2@api.github.com", &scratch.key());
+    env.truncate(3);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = run(command(BIN, &env), &["installations"], "").await;
+    assert_fails(&output, 3, "user info");
+    assert!(!text(&output.stderr).contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_token_that_cannot_be_printed_is_revoked() {
+    let github = FakeGitHub::start().await;
+    let scratch = Scratch::new();
+    let id = FakeGitHub::INSTALLATION_ID.to_string();
+    let env = app_env(&github.api_base(), &scratch.key());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut command = command(BIN, &env);
+    command.stdout(std::fs::File::create("/dev/full").unwrap());
+    let output = run(command, &["token", "--installation-id", &id], "").await;
+    assert_fails(&output, 5, "could not write");
+    assert_eq!(github.mint_count(), 1);
+    let revoked = github.requests().iter().filter(|r| r.path == "/installation/token" && r.status == 204).count();
+    assert_eq!(revoked, 1, "the token nobody saw was revoked");
+}
+
+#[tokio::test]
+async fn the_installations_list_corrects_the_clock() {
+    for offset in [600, -600] {
+        let github = FakeGitHub::builder().clock_offset(offset).start().await;
+        let scratch = Scratch::new();
+        let output = cli(&github, &scratch, &["installations"], "").await;
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(text(&output.stdout).starts_with("42\tocto-org"));
+        let output = cli(&github, &scratch, &["token", "--owner", "octo-org"], "").await;
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    }
 }

@@ -637,3 +637,20 @@ async fn a_lookup_error_about_one_repository_is_not_given_to_another() {
     assert_eq!(new.unwrap().installation_id(), 5);
     assert_eq!(old.await.unwrap().unwrap_err().kind(), ErrorKind::InvalidRequest);
 }
+
+#[tokio::test]
+async fn lookups_correct_the_clock_like_mints_do() {
+    // The machine's clock ten minutes off GitHub's, either way: the first lookup's JWT is refused, the App learns
+    // GitHub's clock from `Date`, and the same lookup goes through once more; later ones are right at once.
+    for offset in [600, -600] {
+        let github = FakeGitHub::builder().clock_offset(offset).start().await;
+        let pool = pool(&github).build(github.client()).unwrap();
+        let by_account = pool.token(InstallationFor::Account("octo-org".into()), None).await.unwrap();
+        assert_eq!(by_account.installation_id(), FakeGitHub::INSTALLATION_ID);
+        assert!((pool.app().clock_offset() - offset).abs() <= 2, "{}", pool.app().clock_offset());
+        pool.token(InstallationFor::Repository("octo-org".into(), "octo-lib".into()), None).await.unwrap();
+        let refused = github.requests().iter().filter(|r| r.status == 401).count();
+        assert_eq!(refused, 1, "one refused JWT, the first lookup's");
+        assert_eq!((pool.stats().lookups, pool.stats().failed_mints), (2, 0));
+    }
+}

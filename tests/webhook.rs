@@ -301,14 +301,17 @@ async fn installation_events_make_the_next_delivery_mint_anew() {
         assert_eq!(h.github.mint_count(), n, "after {action}");
         assert_eq!(h.github.comments().last().unwrap().token_serial, n, "after {action}");
     }
-    // `unsuspend` and `created` drop lookups, not tokens.
-    for action in ["unsuspend", "created"] {
-        let (status, text) = h.signed("installation", deliveries::installation(action, 42, "octo-org")).await;
-        assert_eq!((status, text.as_str()), (StatusCode::OK, "forgot lookups of octo-org"), "{action}");
-    }
+    // `created` drops lookups, not tokens.
+    let (status, text) = h.signed("installation", deliveries::installation("created", 42, "octo-org")).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "forgot lookups of octo-org"));
     assert_eq!(h.issue_opened(42, "octo-org", "octo-repo", 5).await.0, StatusCode::OK);
     assert_eq!(h.github.mint_count(), 4);
-    assert_eq!(h.github.comments().len(), 5);
+    // `unsuspend` drops both (a suspended installation's failed mint must not be waited out).
+    let (status, text) = h.signed("installation", deliveries::installation("unsuspend", 42, "octo-org")).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "forgot installation 42 and lookups of octo-org"));
+    assert_eq!(h.issue_opened(42, "octo-org", "octo-repo", 6).await.0, StatusCode::OK);
+    assert_eq!(h.github.mint_count(), 5);
+    assert_eq!(h.github.comments().len(), 6);
 }
 
 #[tokio::test]
@@ -345,4 +348,45 @@ async fn payloads_up_to_githubs_25_mb_are_taken() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(h.github.comments().len(), 1);
     assert_eq!(h.github.mint_count(), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_handled_once_is_not_handled_again_but_a_failed_one_is() {
+    let h = harness(FakeGitHub::builder()).await;
+    let payload = deliveries::issues_opened(42, "octo-org", "octo-repo", 1);
+    let signature = h.hookshot.sign(&payload);
+    let send = |payload: Bytes| {
+        let mut request = deliveries::request::<Body>("/webhook", "issues", payload, Some(&signature));
+        request.headers_mut().insert("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958".parse().unwrap());
+        let bot = h.bot.clone();
+        async move {
+            let response = bot.oneshot(request).await.unwrap();
+            let status = response.status();
+            (status, String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap())
+        }
+    };
+    // Replayed (by GitHub's "Redeliver" button or by whoever captured it): handled once, one comment.
+    assert_eq!(send(payload.clone()).await, (StatusCode::OK, "commented on octo-org/octo-repo#1".into()));
+    for _ in 0..3 {
+        assert_eq!(send(payload.clone()).await, (StatusCode::OK, "already handled".into()));
+    }
+    assert_eq!(h.github.comments().len(), 1);
+
+    // A delivery that failed (GitHub refused the comment) is handled when it comes again.
+    let payload = deliveries::issues_opened(42, "octo-org", "octo-repo", 2);
+    let failing = h.hookshot.sign(&payload);
+    let retried = |failing: String| {
+        let mut request = deliveries::request::<Body>("/webhook", "issues", payload.clone(), Some(&failing));
+        request.headers_mut().insert("x-github-delivery", "0b989ba4-242f-11e5-81e1-c7b6b3e8f9e9".parse().unwrap());
+        h.bot.clone().oneshot(request)
+    };
+    h.github.set_suspended(42, true);
+    let (status, _) = h.signed("installation", deliveries::installation("suspend", 42, "octo-org")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(retried(failing.clone()).await.unwrap().status(), StatusCode::BAD_GATEWAY);
+    h.github.set_suspended(42, false);
+    let (status, _) = h.signed("installation", deliveries::installation("unsuspend", 42, "octo-org")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(retried(failing).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(h.github.comments().len(), 2);
 }

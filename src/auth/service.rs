@@ -169,8 +169,6 @@ where
             // the token (its first seconds), or when asked to. Otherwise it holds just the serial, and no
             // reference count is touched beyond the header's.
             let serial = token.serial;
-            // Feature `metrics`: the token's age, through the histogram handle it holds. Nothing without.
-            token.age_at_use.record(token.received_at);
             let entry = (self.every_response || !token.replication.is_proven()).then(|| Arc::clone(token));
             let headers = request.headers_mut();
             if let Some(callers) = headers.insert(AUTHORIZATION, value) {
@@ -178,6 +176,8 @@ where
                 headers.insert(AUTHORIZATION, callers);
                 return ResponseFuture::passthrough(self.inner.call(request));
             }
+            // Feature `metrics`: the token's age, through the histogram handle it holds. Nothing without.
+            token.age_at_use.record(token.received_at);
             return ResponseFuture::stamped(self.inner.call(request), serial, entry, self.every_response);
         }
         if request.headers().contains_key(AUTHORIZATION) {

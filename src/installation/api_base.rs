@@ -79,7 +79,8 @@ impl ApiBase {
     pub fn parse(url: &str) -> Result<Self, Error> {
         let (Origin { scheme, authority, path }, host, loopback) =
             checked_origin(url, "the API base URL", API_EXAMPLE)?;
-        let shown = crate::error::scrub(url.trim());
+        // Shown as given: `checked_origin` refused user info and queries, where URLs carry secrets.
+        let shown = url.trim();
         if host == "github.com" || host == "www.github.com" {
             return Err(config("github.com is the web host; the REST API is at https://api.github.com"));
         }
@@ -213,7 +214,11 @@ pub(crate) fn checked_origin(url: &str, what: &str, example: &str) -> Result<(Or
         return Err(config(format!("{what} {shown:?} has no scheme or host: write it in full, as {example}")));
     };
     if uri.query().is_some() || authority.as_str().contains('@') {
-        return Err(config(format!("{what} {shown:?} carries a query or user info: give only scheme, host and path")));
+        // Not shown: user info and queries are where URLs carry passwords and tokens.
+        return Err(config(format!(
+            "{what} carries a query or user info (not shown: either may hold a secret): give only scheme, host and \
+             path, as {example}"
+        )));
     }
     // `api.github.com.` (a fully qualified name) is `api.github.com`.
     let host = authority.host().to_ascii_lowercase();

@@ -290,6 +290,14 @@ struct Clocks {
 }
 
 impl Clocks {
+    /// Whether a refused JWT was refused for the time it was signed at. GitHub's wording is not a contract: its
+    /// known clock messages are a fast path, and a JWT signed with a clock seconds away from GitHub's `Date`
+    /// counts as skew whatever the message says.
+    fn skewed(&self, message: Option<&str>) -> bool {
+        let known_message = message.is_some_and(|m| CLOCK_SKEW_MESSAGES.iter().any(|c| m.contains(c)));
+        known_message || self.measured_offset().is_some_and(|m| (m - self.jwt_offset).abs() > SKEW_TOLERANCE_SECS)
+    }
+
     /// GitHub's clock minus ours, in seconds, if GitHub sent `Date`.
     fn measured_offset(&self) -> Option<i64> {
         self.server_date.map(|date| crate::app::signed_seconds_between(self.local_now, date))
@@ -445,6 +453,29 @@ struct GitHubErrorBody {
     message: Option<String>,
 }
 
+/// For an answer to a request signed with an App JWT whose clock offset was `jwt_offset` (any route but the
+/// token endpoint, whose refusals [`read_answer`] reads): whether it is a `401` for the JWT's time, after which the
+/// App has learned GitHub's clock from `Date` and a new JWT may be sent once.
+pub(crate) fn corrected_clock(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    app: &GitHubApp,
+    jwt_offset: i64,
+) -> bool {
+    if status != StatusCode::UNAUTHORIZED {
+        return false;
+    }
+    let local_now = SystemTime::now();
+    let server_date = headers.get(DATE).and_then(|d| d.to_str().ok()).and_then(|d| httpdate::parse_http_date(d).ok());
+    let message = serde_json::from_slice::<GitHubErrorBody>(body).ok().and_then(|b| b.message);
+    let clocks = Clocks { server_date, local_now, jwt_offset };
+    match server_date {
+        Some(date) if clocks.skewed(message.as_deref()) => app.learn_clock_offset(date, local_now) != jwt_offset,
+        _ => false,
+    }
+}
+
 fn refusal(
     status: StatusCode,
     headers: &HeaderMap,
@@ -461,12 +492,8 @@ fn refusal(
         .map(|id| scrub(&id.chars().take(64).collect::<String>()));
     let id = params.installation_id;
     let base = &params.api_base;
-    // GitHub's wording is not a contract: its known clock messages are a fast path, and a refused JWT signed
-    // with a clock seconds away from GitHub's `Date` counts as skew whatever the message says.
-    let known_skew_message = raw_message.as_deref().is_some_and(|m| CLOCK_SKEW_MESSAGES.iter().any(|c| m.contains(c)));
-    let clocks_disagree = clocks.measured_offset().is_some_and(|m| (m - clocks.jwt_offset).abs() > SKEW_TOLERANCE_SECS);
     let (kind, text, offset) = match status.as_u16() {
-        401 if known_skew_message || clocks_disagree => {
+        401 if clocks.skewed(raw_message.as_deref()) => {
             let offset = clocks.server_date.map(|date| app.learn_clock_offset(date, clocks.local_now));
             let text = match offset {
                 Some(offset) => format!(

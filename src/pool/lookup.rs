@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::app::GitHubApp;
 use crate::error::{Error, ErrorKind, scrub};
 use crate::installation::ApiBase;
-use crate::installation::mint::{MintClient, api_request, send};
+use crate::installation::mint::{MintClient, api_request, corrected_clock, send};
 
 /// What was asked: an account (`/orgs/X`, `/users/X`, or an account by name) or a repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,13 +329,35 @@ impl Lookups {
         github.counters.lookups.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
         let what = format!("the installation lookup for {}", subject.describe());
-        let jwt = github.app.jwt().await?;
         let url = github.api_base.url(&subject.path())?;
-        let request =
-            api_request(Method::GET, url, github.user_agent, jwt.authorization()).body(bytes::Bytes::new()).map_err(
-                |e| Error::build(ErrorKind::InvalidRequest, "could not build the lookup").source(e).finish(),
-            )?;
-        let response = send(github.client, request, github.timeout, &what, github.api_base).await?;
+        let mut corrected = false;
+        let response = loop {
+            let jwt = github.app.jwt().await?;
+            let request = api_request(Method::GET, url.clone(), github.user_agent, jwt.authorization())
+                .body(bytes::Bytes::new())
+                .map_err(|e| {
+                    Error::build(ErrorKind::InvalidRequest, "could not build the lookup").source(e).finish()
+                })?;
+            let response = send(github.client, request, github.timeout, &what, github.api_base).await?;
+            // A JWT refused for the clock it was signed with: once more, with GitHub's clock.
+            if !corrected
+                && corrected_clock(
+                    response.status(),
+                    response.headers(),
+                    response.body(),
+                    github.app,
+                    jwt.clock_offset(),
+                )
+            {
+                corrected = true;
+                tracing::warn!(
+                    offset = github.app.clock_offset(),
+                    "{what}: the App JWT was refused for this machine's clock; retrying with GitHub's"
+                );
+                continue;
+            }
+            break response;
+        };
         let status = response.status();
         let owner: Box<str> = subject.owner().into();
         let repo: Option<Box<str>> = subject.repo().map(Into::into);
@@ -482,7 +504,7 @@ fn not_installed(subject: &Subject, github: &Github<'_>) -> Error {
     Error::new(
         ErrorKind::NotInstalled,
         format!(
-            "GitHub App {} is not installed on {} ({} on {} answered 404), so the request was not sent: install \
+            "the GitHub {} is not installed on {} ({} on {} answered 404), so the request was not sent: install \
              the App there or grant it the repository. {remembered}",
             github.app.id(),
             subject.describe(),
@@ -502,7 +524,7 @@ fn lookup_refused(status: StatusCode, what: &str, body: &[u8], github: &Github<'
     let (kind, advice) = match status.as_u16() {
         401 => (
             ErrorKind::JwtRejected,
-            format!("GitHub refused the App JWT of App {}: check the App id and its private key", github.app.id()),
+            format!("GitHub refused the App JWT of {}: check the App id and its private key", github.app.id()),
         ),
         403 | 429 => (ErrorKind::RateLimited, "the App's rate limit is exhausted or the lookup was refused".into()),
         500..=599 => (ErrorKind::ServerError, "GitHub failed; the next request looks up again".into()),

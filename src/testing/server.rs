@@ -1276,7 +1276,8 @@ fn mint(
         "token": token,
         "expires_at": humantime::format_rfc3339_seconds(expires_at).to_string(),
         "permissions": permissions,
-        "repository_selection": if scope.repositories.is_empty() { "all" } else { "selected" },
+        // An unscoped token covers what the installation covers.
+        "repository_selection": if scope.repositories.is_empty() && installation.all_repositories { "all" } else { "selected" },
         "repositories": repositories,
     });
     s.tokens.insert(

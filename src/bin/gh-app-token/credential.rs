@@ -71,7 +71,10 @@ pub(crate) fn answer(token: &str, expires_at: SystemTime) -> String {
 /// The host git uses for the API at `api_host` (`host[:port]`): `github.com` for `api.github.com`,
 /// `X.ghe.com` for `api.X.ghe.com`; a GitHub Enterprise Server (API under `/api/v3`) serves git on its own host.
 pub(crate) fn git_host_for(api_host: &str) -> String {
+    // `api.github.com:443` and `api.github.com.` are `api.github.com`.
     let lower = api_host.to_ascii_lowercase();
+    let lower = lower.strip_suffix(":443").unwrap_or(&lower);
+    let lower = lower.strip_suffix('.').unwrap_or(lower).to_owned();
     if lower == "api.github.com" {
         return "github.com".into();
     }
@@ -125,6 +128,8 @@ mod tests {
     #[test]
     fn git_hosts() {
         assert_eq!(git_host_for("api.github.com"), "github.com");
+        assert_eq!(git_host_for("api.github.com:443"), "github.com");
+        assert_eq!(git_host_for("api.github.com."), "github.com");
         assert_eq!(git_host_for("API.octo.ghe.com"), "octo.ghe.com");
         assert_eq!(git_host_for("ghe.example.com"), "ghe.example.com");
         assert_eq!(git_host_for("127.0.0.1:8080"), "127.0.0.1:8080");

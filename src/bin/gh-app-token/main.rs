@@ -19,11 +19,12 @@ use clap::{Args, Parser, Subcommand};
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use tower::{Layer, Service, ServiceExt};
+use tower::retry::RetryLayer;
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_github_app::client::{HttpsClient, client_for};
 use tower_github_app::{
     ApiBase, AppAuthLayer, Error, ErrorKind, GitHubApp, InstallationFor, InstallationPool, InstallationToken,
-    TokenScope,
+    RetryOn401Policy, TokenScope,
 };
 
 const USER_AGENT: &str = concat!("gh-app-token/", env!("CARGO_PKG_VERSION"));
@@ -33,9 +34,10 @@ Exit codes:
   0  success (git-credential: also when git asks about a host this helper is not for; it then prints nothing)
   1  GitHub refused: the App is not installed there, the installation is unknown or suspended, the key is not the
      App's, the repositories or permissions are not granted, the rate limit; or --min-validity cannot be met
-  2  usage: the arguments are wrong
+  2  usage: the arguments are wrong (or name no installation)
   3  configuration: no App id, no key or a key that cannot be used, a bad API URL, input that is not a token
   4  GitHub could not be reached or failed: network error, timeout, 5xx, an answer that is not GitHub's
+  5  the answer could not be written to stdout (the token, if one was minted, is revoked)
 Errors are one line on stderr, never with a token in it.";
 
 /// Installation tokens, a git credential helper and more, as a GitHub App.
@@ -58,7 +60,13 @@ struct AppArgs {
     key_file: Option<PathBuf>,
     /// Without --key-file: the environment variable that holds the PEM text itself (`\n` escapes are read as
     /// line breaks).
-    #[arg(long, global = true, value_name = "VAR", default_value = "GITHUB_APP_PRIVATE_KEY")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "VAR",
+        default_value = "GITHUB_APP_PRIVATE_KEY",
+        allow_hyphen_values = true
+    )]
     key_env: String,
     /// The REST API: https://api.github.com, https://api.TENANT.ghe.com or https://HOST/api/v3.
     #[arg(long, env = "GITHUB_API_URL", global = true, value_name = "URL", default_value = "https://api.github.com")]
@@ -71,12 +79,16 @@ struct AppArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Print an installation token (and with --json: when it expires, its permissions and repositories).
+    #[command(after_help = EXIT_CODES)]
     Token(TokenArgs),
     /// The git credential helper: `git config credential.helper '/path/to/gh-app-token git-credential ...'`.
+    #[command(after_help = EXIT_CODES)]
     GitCredential(CredentialArgs),
     /// Revoke an installation token, read from stdin (or from --token-env), never from the command line.
+    #[command(after_help = EXIT_CODES)]
     Revoke(RevokeArgs),
     /// List the App's installations (id, account, account type, repository selection).
+    #[command(after_help = EXIT_CODES)]
     Installations {
         /// One JSON array instead of tab-separated lines.
         #[arg(long)]
@@ -93,12 +105,13 @@ struct Which {
     /// The account (organization or user) the App is installed on; the installation is looked up.
     #[arg(long, value_name = "LOGIN")]
     owner: Option<String>,
-    /// Limit the token to these repositories (`name` in the installation's account, or `owner/name`); without
+    /// Limit the token to these repositories (`owner/name`, or `name` with --owner or --installation-id); without
     /// --installation-id the installation is the one on the first. Repeat, or separate with commas.
     #[arg(long = "repo", value_name = "REPO", value_delimiter = ',')]
     repos: Vec<String>,
-    /// Limit the token to this permission, `NAME=LEVEL` (`contents=read`, `issues=write`). Repeat for more.
-    #[arg(long = "permission", value_name = "NAME=LEVEL", value_parser = permission)]
+    /// Limit the token to this permission, `NAME=LEVEL` (`contents=read`, `issues=write`). Repeat, or separate
+    /// with commas.
+    #[arg(long = "permission", value_name = "NAME=LEVEL", value_parser = permission, value_delimiter = ',')]
     permissions: Vec<(String, String)>,
 }
 
@@ -132,8 +145,24 @@ struct CredentialArgs {
 #[derive(Args)]
 struct RevokeArgs {
     /// Read the token from this environment variable instead of stdin.
-    #[arg(long, value_name = "VAR")]
+    #[arg(long, value_name = "VAR", allow_hyphen_values = true)]
     token_env: Option<String>,
+}
+
+/// Checks that `--flag`'s value is an environment variable's name, without repeating a value that is not (a
+/// token or a PEM pasted by mistake).
+fn variable_name(flag: &str, name: &str) -> Result<(), Failure> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    // GitHub's token prefixes: a token is a valid name too.
+    let token_like = ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"].iter().any(|p| name.starts_with(p));
+    if first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') && name.len() <= 128 && !token_like {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "{flag} takes the name of an environment variable (letters, digits, _), not its value (not shown)"
+        )))
+    }
 }
 
 fn permission(text: &str) -> Result<(String, String), String> {
@@ -159,6 +188,10 @@ impl Failure {
     fn refused(message: impl Into<String>) -> Self {
         Failure { code: 1, message: message.into() }
     }
+
+    fn usage(message: impl Into<String>) -> Self {
+        Failure { code: 2, message: message.into() }
+    }
 }
 
 impl From<Error> for Failure {
@@ -168,7 +201,18 @@ impl From<Error> for Failure {
             ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::ServerError | ErrorKind::MalformedResponse => 4,
             _ => 1,
         };
-        Failure { code, message: error.to_string() }
+        let mut message = error.to_string();
+        if code == 4 {
+            // What the network said (connection refused, DNS, TLS): the innermost cause, from the client's I/O.
+            let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&error);
+            while let Some(inner) = cause.and_then(std::error::Error::source) {
+                cause = Some(inner);
+            }
+            if let Some(cause) = cause {
+                message = format!("{message} ({cause})");
+            }
+        }
+        Failure { code, message }
     }
 }
 
@@ -187,7 +231,23 @@ fn main() -> ExitCode {
         let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("gh-app-token: internal error{place}; please report it");
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind as Clap;
+            if matches!(
+                error.kind(),
+                Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                error.exit();
+            }
+            // One line, like every other failure: clap's first, without its usage block.
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            return fail(Failure::usage(format!("{first} (see --help)")));
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(Failure { code: 4, message: format!("could not start the async runtime: {e}") }),
@@ -206,23 +266,36 @@ fn fail(failure: Failure) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    variable_name("--key-env", &cli.app.key_env)?;
     let api_base = ApiBase::parse(&cli.app.api_url)?;
     match cli.command {
         Command::Token(args) => {
+            if let Some(min) = args.min_validity.filter(|min| *min >= Duration::from_secs(3600)) {
+                return Err(Failure::refused(format!(
+                    "--min-validity {} cannot be met: GitHub's installation tokens last one hour",
+                    humantime::format_duration(min)
+                )));
+            }
             let github = GitHub::connect(&cli.app, &api_base)?;
-            let (installation, scope) = args.which.resolve(None)?;
+            let (installation, scope) = args.which.resolve()?;
             let token = github.pool.token(installation, scope).await?;
             if let Some(min) = args.min_validity
                 && token.remaining() < min
             {
+                let _ = github.pool.revoke(&token).await;
                 return Err(Failure::refused(format!(
-                    "the token is valid for {}, less than --min-validity {} (GitHub's tokens last one hour)",
+                    "the token is valid for {}, less than --min-validity {}: revoked",
                     humantime::format_duration(Duration::from_secs(token.remaining().as_secs())),
                     humantime::format_duration(min)
                 )));
             }
             let out = if args.json { token_json(&token) } else { format!("{}\n", token.expose_secret()) };
-            print(&out)
+            let printed = print(&out);
+            if printed.is_err() {
+                // Nobody will ever see it: it must not stay valid.
+                let _ = github.pool.revoke(&token).await;
+            }
+            printed
         }
         Command::GitCredential(args) => git_credential(&cli.app, &api_base, args).await,
         Command::Revoke(args) => {
@@ -263,22 +336,39 @@ fn print(text: &str) -> Result<(), Failure> {
     stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
-        .map_err(|e| Failure { code: 4, message: format!("could not write the answer to stdout: {e}") })
+        .map_err(|e| Failure { code: 5, message: format!("could not write the answer to stdout: {e}") })
 }
 
 impl Which {
-    /// The installation and scope these flags name; `from_git` is the repository git named, used when the flags
-    /// name no installation.
-    fn resolve(self, from_git: Option<(String, String)>) -> Result<(InstallationFor, Option<TokenScope>), Failure> {
+    /// The installation and scope these flags name, for `token`.
+    fn resolve(self) -> Result<(InstallationFor, Option<TokenScope>), Failure> {
+        let resolved = self.resolve_for_git(None)?;
+        Ok(resolved.expect("without a repository from git, the flags decide"))
+    }
+
+    /// The installation and scope for the repository git names (`owner`, `repo`; sent with
+    /// `credential.useHttpPath`): the flags' installation, or the one on that repository, with a token limited to
+    /// it (unless `--repo` says which repositories). `None` when git names a repository outside what the flags
+    /// name (another owner, a repository not in `--repo`): not this helper's to answer.
+    fn resolve_for_git(
+        self,
+        from_git: Option<(String, String)>,
+    ) -> Result<Option<(InstallationFor, Option<TokenScope>)>, Failure> {
         let mut owner = self.owner;
         let mut names = Vec::with_capacity(self.repos.len());
         for repo in &self.repos {
             let repo = repo.trim();
             let name = match repo.split_once('/') {
+                Some(_) if self.installation_id.is_some() => {
+                    // The installation's account is the owner, and only GitHub knows it: names only.
+                    return Err(Failure::usage(format!(
+                        "with --installation-id, --repo takes names in the installation's account, not {repo:?}"
+                    )));
+                }
                 Some((repo_owner, name)) => {
                     match &owner {
                         Some(owner) if !owner.eq_ignore_ascii_case(repo_owner) => {
-                            return Err(Failure::config(format!(
+                            return Err(Failure::usage(format!(
                                 "--repo {repo} is not in {owner}'s account: a token covers one installation"
                             )));
                         }
@@ -289,17 +379,26 @@ impl Which {
                 None => repo,
             };
             if name.is_empty() || name.contains('/') {
-                return Err(Failure::config(format!("--repo {repo:?} is not a repository name")));
+                return Err(Failure::usage(format!("--repo {repo:?} is not a repository name")));
             }
             names.push(name.to_owned());
         }
+        if let Some((git_owner, git_repo)) = &from_git {
+            let other_owner = owner.as_ref().is_some_and(|owner| !owner.eq_ignore_ascii_case(git_owner));
+            let other_repo = !names.is_empty() && !names.iter().any(|name| name.eq_ignore_ascii_case(git_repo));
+            if other_owner || other_repo {
+                return Ok(None);
+            }
+        }
+        // For git, a token for the repository it asked about, unless the flags list repositories.
+        let git_repo = from_git.as_ref().filter(|_| names.is_empty()).map(|(_, repo)| repo.clone());
         let installation = match (self.installation_id, owner, names.first(), from_git) {
             (Some(id), ..) => InstallationFor::Id(id),
             (None, Some(owner), Some(name), _) => InstallationFor::Repository(owner, name.clone()),
             (None, Some(owner), None, _) => InstallationFor::Account(owner),
             (None, None, _, Some((owner, repo))) => InstallationFor::Repository(owner, repo),
             (None, None, ..) => {
-                return Err(Failure::config(
+                return Err(Failure::usage(
                     "say which installation: --installation-id ID, --owner LOGIN, or --repo OWNER/NAME",
                 ));
             }
@@ -307,11 +406,13 @@ impl Which {
         let mut scope = TokenScope::new();
         if !names.is_empty() {
             scope = scope.repositories(names);
+        } else if let Some(repo) = git_repo {
+            scope = scope.repositories([repo]);
         }
         for (name, level) in self.permissions {
             scope = scope.permission(name, level);
         }
-        Ok((installation, (!scope.is_empty()).then_some(scope)))
+        Ok(Some((installation, (!scope.is_empty()).then_some(scope))))
     }
 }
 
@@ -320,6 +421,23 @@ struct GitHub {
     pool: InstallationPool,
     client: HttpsClient,
     api_base: ApiBase,
+    timeout: Duration,
+}
+
+/// Pages of 100 installations `installations` reads at most.
+const MAX_PAGES: u32 = 1000;
+
+/// The most of an answer the CLI reads: GitHub's pages of 100 installations are far smaller.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// `exchange` (a request and the read of its whole answer), bounded by `timeout`.
+async fn within<T>(timeout: Duration, exchange: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    tokio::time::timeout(timeout, exchange).await.unwrap_or_else(|_| {
+        Err(Failure {
+            code: 4,
+            message: format!("GitHub did not answer within {} (--timeout)", humantime::format_duration(timeout)),
+        })
+    })
 }
 
 impl GitHub {
@@ -361,19 +479,26 @@ impl GitHub {
             // One process, one token: nothing to refresh in the background.
             .max_concurrent_mints(1)
             .build(client.clone())?;
-        Ok(GitHub { pool, client, api_base: api_base.clone() })
+        Ok(GitHub { pool, client, api_base: api_base.clone(), timeout: args.timeout })
     }
 
     /// Every installation of the App (`GET /app/installations`, all pages), each trimmed to what a listing
     /// needs.
     async fn installations(&self) -> Result<Vec<Value>, Failure> {
-        let mut stack = AppAuthLayer::new(self.pool.clone()).layer(self.client.clone());
+        // The retry policy corrects the App JWT's clock if GitHub refuses it for its time.
+        let mut stack = ServiceBuilder::new()
+            .layer(RetryLayer::new(RetryOn401Policy::default()))
+            .layer(AppAuthLayer::new(self.pool.clone()))
+            .service(self.client.clone());
         let mut found = Vec::new();
-        for page in 1..=1000u32 {
+        for page in 1..=MAX_PAGES {
             let uri = self.api_base.url(&format!("/app/installations?per_page=100&page={page}"))?;
             let request = github_request(Method::GET, uri.to_string().as_str(), None);
-            let response = stack.ready().await?.call(request).await?;
-            let (status, body) = read(response).await?;
+            let exchange = async {
+                let response = stack.ready().await?.call(request).await?;
+                read(response).await
+            };
+            let (status, body) = within(self.timeout, exchange).await?;
             if status != StatusCode::OK {
                 return Err(refusal(status, &body, "list the App's installations"));
             }
@@ -391,10 +516,13 @@ impl GitHub {
                 })
             }));
             if last {
-                break;
+                return Ok(found);
             }
         }
-        Ok(found)
+        Err(Failure {
+            code: 4,
+            message: format!("GitHub listed more than {} installations; stopped there", MAX_PAGES * 100),
+        })
     }
 }
 
@@ -416,14 +544,17 @@ fn github_request(method: Method, uri: &str, authorization: Option<HeaderValue>)
 async fn read<B>(response: http::Response<B>) -> Result<(StatusCode, Bytes), Failure>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<tower::BoxError>,
 {
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| Failure { code: 4, message: format!("could not read GitHub's answer: {e}") })?;
+    let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER).collect().await.map_err(|e| {
+        let message = if e.is::<http_body_util::LengthLimitError>() {
+            format!("GitHub's answer is larger than {} MiB: not read", MAX_ANSWER >> 20)
+        } else {
+            format!("could not read GitHub's answer: {e}")
+        };
+        Failure { code: 4, message }
+    })?;
     Ok((status, body.to_bytes()))
 }
 
@@ -448,11 +579,15 @@ async fn revoke(client: &HttpsClient, api_base: &ApiBase, token: &str, timeout: 
     authorization.set_sensitive(true);
     let uri = api_base.url("/installation/token")?;
     let request = github_request(Method::DELETE, &uri.to_string(), Some(authorization));
-    let response = tokio::time::timeout(timeout, client.clone().oneshot(request))
-        .await
-        .map_err(|_| Failure { code: 4, message: format!("GitHub did not answer within {timeout:?}") })?
-        .map_err(|e| Failure { code: 4, message: format!("could not reach {}: {e}", api_base.host()) })?;
-    let (status, body) = read(response).await?;
+    let exchange = async {
+        let response = client
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| Failure { code: 4, message: format!("could not reach {}: {e}", api_base.host()) })?;
+        read(response).await
+    };
+    let (status, body) = within(timeout, exchange).await?;
     match status {
         StatusCode::NO_CONTENT => Ok(true),
         StatusCode::UNAUTHORIZED => Ok(false),
@@ -463,7 +598,11 @@ async fn revoke(client: &HttpsClient, api_base: &ApiBase, token: &str, timeout: 
 /// The token to revoke: from the environment variable `var`, or stdin's first line.
 fn read_token(var: Option<&str>) -> Result<String, Failure> {
     let text = match var {
-        Some(var) => std::env::var(var).map_err(|_| Failure::config(format!("{var} is not set (or not UTF-8)")))?,
+        Some(var) => {
+            variable_name("--token-env", var)?;
+            std::env::var(var)
+                .map_err(|_| Failure::config("the variable --token-env names is not set (or not UTF-8)"))?
+        }
         None => {
             let mut text = String::new();
             std::io::stdin()
@@ -473,13 +612,24 @@ fn read_token(var: Option<&str>) -> Result<String, Failure> {
             text
         }
     };
-    let token = text.lines().next().unwrap_or("").trim();
+    let text = text.trim();
+    // `gh-app-token token --json | gh-app-token revoke` works too.
+    let from_json = serde_json::from_str::<Value>(text).ok().and_then(|v| v["token"].as_str().map(str::to_owned));
+    let token = from_json.as_deref().unwrap_or(text);
     if token.is_empty() {
         return Err(Failure::config("no token: pipe it on stdin, or name its variable with --token-env"));
+    }
+    if token.lines().count() > 1 {
+        return Err(Failure::config("one token per run: the input holds more than one line"));
     }
     if token.len() > 255 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return Err(Failure::config(
             "the input is not a GitHub token (a prefix such as ghs, then `_`, letters and digits)",
+        ));
+    }
+    if !token.starts_with("ghs_") {
+        return Err(Failure::config(
+            "only installation tokens (prefix `ghs`) are revoked here; user and personal tokens are revoked in GitHub's settings",
         ));
     }
     Ok(token.to_owned())
@@ -526,7 +676,13 @@ async fn git_credential(app: &AppArgs, api_base: &ApiBase, args: CredentialArgs)
         Some("http") => request.host.as_deref().is_some_and(credential::is_loopback),
         _ => false,
     };
-    let host_ok = request.host.as_deref().is_some_and(|host| hosts.iter().any(|h| h.eq_ignore_ascii_case(host)));
+    // `github.com:443` and `github.com.` are github.com over https.
+    let asked = request.host.as_deref().map(|host| {
+        let https = request.protocol.as_deref() == Some("https");
+        let host = if https { host.strip_suffix(":443").unwrap_or(host) } else { host };
+        host.strip_suffix('.').unwrap_or(host)
+    });
+    let host_ok = asked.is_some_and(|host| hosts.iter().any(|h| h.eq_ignore_ascii_case(host)));
     if !protocol_ok || !host_ok {
         // Not this helper's host: no answer, so git asks its next helper (or the user).
         return Ok(());
@@ -541,14 +697,18 @@ async fn git_credential(app: &AppArgs, api_base: &ApiBase, args: CredentialArgs)
         return Ok(());
     }
     let github = GitHub::connect(app, api_base)?;
-    let (installation, scope) = args.which.resolve(request.repository()).map_err(|mut failure| {
-        if failure.code == 3 && request.path.is_none() {
+    let resolved = args.which.resolve_for_git(request.repository()).map_err(|mut failure| {
+        if failure.code == 2 && request.path.is_none() {
             failure.message = "git sent no repository path: run `git config --global credential.useHttpPath true`, \
                                or pass --installation-id, --owner or --repo"
                 .into();
         }
         failure
     })?;
+    let Some((installation, scope)) = resolved else {
+        // A repository the flags are not for: no answer, so git asks its next helper.
+        return Ok(());
+    };
     let token = github.pool.token(installation, scope).await?;
     print(&credential::answer(token.expose_secret(), token.expires_at()))
 }

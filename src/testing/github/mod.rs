@@ -114,6 +114,8 @@ pub(super) fn installation(
     if !suspended {
         value["suspended_at"] = Value::Null;
         value["suspended_by"] = Value::Null;
+    } else if value["suspended_at"].is_null() {
+        value["suspended_at"] = json!("2026-01-01T00:00:00Z");
     }
     set_account(&mut value["account"], account, kind);
     value
