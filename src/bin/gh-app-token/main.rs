@@ -342,8 +342,8 @@ fn print(text: &str) -> Result<(), Failure> {
 impl Which {
     /// The installation and scope these flags name, for `token`.
     fn resolve(self) -> Result<(InstallationFor, Option<TokenScope>), Failure> {
-        let resolved = self.resolve_for_git(None)?;
-        Ok(resolved.expect("without a repository from git, the flags decide"))
+        // Without a repository from git, the flags decide: never `None`.
+        self.resolve_for_git(None)?.ok_or_else(|| Failure::usage("say which installation"))
     }
 
     /// The installation and scope for the repository git names (`owner`, `repo`; sent with
