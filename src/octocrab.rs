@@ -1,7 +1,7 @@
 //! [octocrab](https://docs.rs/octocrab) on this crate's stack (feature `octocrab`): octocrab's typed API with
 //! background-refreshed installation tokens (one installation, every installation of the App, or a user's).
 //!
-//! [`octocrab`] builds an [`Octocrab`] whose HTTP stack is, from the outside in: the `User-Agent` and
+//! [`octocrab()`] builds an [`Octocrab`] whose HTTP stack is, from the outside in: the `User-Agent` and
 //! `X-GitHub-Api-Version` headers, octocrab's base URI (the source's API), tower-http's `FollowRedirect` (a
 //! redirect to another host carries no token: the auth layer stamps each hop by its origin), a timeout between
 //! parts of a response body, a [`RetryOn401Policy`] that replays octocrab's buffered bodies, a timeout per
@@ -56,7 +56,7 @@ pub fn octocrab<T: TokenSource>(auth: GitHubAuthLayer<T>) -> Result<Octocrab, Er
     OctocrabStack::new(auth).build()
 }
 
-/// Configures the [`Octocrab`] that [`octocrab`] builds.
+/// Configures the [`Octocrab`] that [`octocrab()`] builds.
 #[must_use]
 pub struct OctocrabStack<T> {
     auth: GitHubAuthLayer<T>,

@@ -19,7 +19,7 @@
 //! | name | type | labels | what |
 //! |---|---|---|---|
 //! | [`MINTS`] | counter | `kind`, `origin` | tokens this process got: `origin="github"` minted here, `"shared"` taken from a shared store |
-//! | [`FAILED_MINTS`] | counter | `kind`, `error` | mint attempts that failed; `error` is the [`ErrorKind`](crate::ErrorKind) in snake case |
+//! | [`FAILED_MINTS`] | counter | `kind`, `error` | mint attempts that failed; `error` is the [`ErrorKind`] in snake case |
 //! | [`MINT_SECONDS`] | histogram | `kind` | how long a mint took, JWT and shared store included |
 //! | [`WAITS`] | counter | `kind` | requests (and `token()` calls) that found no usable token and waited for one |
 //! | [`RETRIES`] | counter | `reason` | retries by [`RetryOn401Policy`](crate::RetryOn401Policy): `replication_lag`, `stale_token`, `user_token_rotated`, `clock_skew` |
@@ -38,7 +38,7 @@
 use std::time::Duration;
 
 use crate::error::Error;
-#[cfg(feature = "metrics")]
+#[cfg(any(doc, feature = "metrics"))]
 use crate::error::ErrorKind;
 
 /// Counter: tokens this process got (labels `kind`, `origin`).

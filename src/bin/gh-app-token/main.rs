@@ -5,6 +5,8 @@
 //! Tokens are printed on stdout only, and only by `token` and `git-credential get`. Errors are one line on stderr
 //! and never hold a token; the exit code says what kind of failure it was (see `--help`).
 #![forbid(unsafe_code)]
+// The doc comments below are `--help` text, where a URL is written out, not linked.
+#![allow(rustdoc::bare_urls)]
 
 mod credential;
 
