@@ -5,7 +5,7 @@
 //! # Spans
 //! | span | level | fields |
 //! |---|---|---|
-//! | `mint` | `INFO` | `installation` (0 for a user token), `kind`, `serial` and `expires_in` once minted, `outcome` |
+//! | `mint` | `INFO` | `installation` (0 for a user token), `kind`, `scoped`, `serial` and `expires_in` once minted |
 //! | `refresh` | `INFO` | `installation`, `kind`, `attempt` (1, then 2… after failures); a `mint` runs inside |
 //! | `lookup` | `INFO` | `account`, `repository` (empty for an account), `installation` once found |
 //! | `retry` | `INFO` | `installation`, `serial`, `attempt`, `reason`: the wait before a retry of a refused request |
@@ -59,6 +59,24 @@ pub const TOKEN_AGE_AT_USE: &str = "github_app_token_age_at_use_seconds";
 pub const LOOKUPS: &str = "github_app_installation_lookups_total";
 /// Gauge: tokens an installation pool holds.
 pub const POOL_INSTALLATIONS: &str = "github_app_pool_installations";
+
+/// The `mint` span: which installation, which kind of token, whether scoped; [`minted_in`] adds which token.
+pub(crate) fn mint_span(installation: u64, kind: &'static str, scoped: bool) -> tracing::Span {
+    tracing::info_span!(
+        "mint",
+        installation,
+        kind,
+        scoped,
+        serial = tracing::field::Empty,
+        expires_in = tracing::field::Empty
+    )
+}
+
+/// Names the token a `mint` span got: its serial and the seconds it has left.
+pub(crate) fn minted_in(span: &tracing::Span, token: &crate::installation::token::TokenEntry) {
+    span.record("serial", token.serial);
+    span.record("expires_in", token.expires().saturating_duration_since(tokio::time::Instant::now()).as_secs());
+}
 
 /// `installation` or `user`: user tokens carry installation id 0.
 pub(crate) fn kind(installation: u64) -> &'static str {

@@ -610,3 +610,24 @@ async fn the_installations_list_corrects_the_clock() {
         assert!(output.status.success(), "{}", text(&output.stderr));
     }
 }
+
+#[tokio::test]
+async fn a_garbage_answer_holding_a_token_never_reaches_stderr() {
+    use tower_github_app::testing::MintFault;
+    let github = FakeGitHub::start().await;
+    let scratch = Scratch::new();
+    let id = FakeGitHub::INSTALLATION_ID.to_string();
+    let leaked = "ghs_LeakedLeakedLeakedLeakedLeaked0123";
+    for body in [
+        format!(r#"{{"token": 5, "expires_at": "{leaked}"}}"#),
+        format!(r#"{{"token": "{leaked}", "expires_at": 12345}}"#),
+        format!(r#"{{"token": "{leaked}", "expires_at": "2099-01-01T00:00:00Z", "permissions": ["{leaked}"]}}"#),
+        format!("{leaked} not json"),
+    ] {
+        let fault = MintFault::Raw { status: 201, content_type: "application/json", body: body.into() };
+        github.fail_mints(fault, 1);
+        let output = cli(&github, &scratch, &["token", "--installation-id", &id], "").await;
+        assert_fails(&output, 4, "");
+        assert!(!text(&output.stderr).contains("Leaked"), "{}", text(&output.stderr));
+    }
+}

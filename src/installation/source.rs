@@ -419,17 +419,10 @@ impl Shared {
 
     /// One mint, in a `mint` span that names the token it got (by serial) and how long it lasts.
     async fn mint(self: &Arc<Self>) -> Result<(TokenEntry, Option<u64>), Error> {
-        let span = tracing::info_span!(
-            "mint",
-            installation = self.params.installation_id,
-            kind = self.kind(),
-            serial = tracing::field::Empty,
-            expires_in = tracing::field::Empty,
-        );
+        let span = telemetry::mint_span(self.params.installation_id, self.kind(), self.scoped);
         let outcome = self.mint_once().instrument(span.clone()).await;
         if let Ok((token, _)) = &outcome {
-            span.record("serial", token.serial);
-            span.record("expires_in", token.expires().saturating_duration_since(Instant::now()).as_secs());
+            telemetry::minted_in(&span, token);
         }
         outcome
     }

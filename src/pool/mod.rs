@@ -774,17 +774,9 @@ impl PoolInner {
     /// One mint for `slot`, holding a mint permit; with a shared store, the token another process minted, or
     /// one minted here under the store's lease (the permit is held only while this process mints).
     async fn mint(&self, slot: &Arc<Slot>, permit: OwnedSemaphorePermit) -> Result<Arc<TokenEntry>, Error> {
-        let span = tracing::info_span!(
-            "mint",
-            installation = slot.key.installation,
-            kind = "installation",
-            scoped = slot.key.scope.is_some(),
-            serial = tracing::field::Empty,
-            expires_in = tracing::field::Empty,
-        );
+        let span = telemetry::mint_span(slot.key.installation, "installation", slot.key.scope.is_some());
         let token = self.mint_once(slot, permit).instrument(span.clone()).await?;
-        span.record("serial", token.serial);
-        span.record("expires_in", token.expires().saturating_duration_since(Instant::now()).as_secs());
+        telemetry::minted_in(&span, &token);
         Ok(token)
     }
 

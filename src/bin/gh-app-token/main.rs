@@ -204,8 +204,9 @@ impl From<Error> for Failure {
             _ => 1,
         };
         let mut message = error.to_string();
-        if code == 4 {
+        if error.kind() == ErrorKind::Transport {
             // What the network said (connection refused, DNS, TLS): the innermost cause, from the client's I/O.
+            // Only there: other causes may quote what a server sent.
             let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&error);
             while let Some(inner) = cause.and_then(std::error::Error::source) {
                 cause = Some(inner);
