@@ -654,3 +654,37 @@ async fn lookups_correct_the_clock_like_mints_do() {
         assert_eq!((pool.stats().lookups, pool.stats().failed_mints), (2, 0));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_refresh_during_a_refreshed_tokens_grace_does_not_evict_the_entry() {
+    // Each installation's first token is replaced early (GitHub revoked it), so two refreshes are queued for its
+    // entry: the replaced token's (stale) and the new token's. When the new token's refresh comes first, the
+    // stale one may fire while the refreshed token waits out its replication grace (5 minutes here): the entry
+    // was just refreshed and is in use, and must be neither refreshed again nor evicted as idle. About half of
+    // the ten installations meet that order in any run.
+    let github = many(FakeGitHub::builder(), 10, 1).start().await;
+    let pool = pool(&github).replication_grace(Duration::from_secs(300)).build(github.client()).unwrap();
+    let service = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryOn401Policy::default()))
+        .layer(AppAuthLayer::new(pool.clone()))
+        .service(github.client());
+    let urls: Vec<String> = (0..10).map(|n| format!("{}/repos/acct-{n}/repo-0", github.api_base())).collect();
+    let round = || {
+        futures_util::future::join_all(urls.iter().map(|url| {
+            let request = service.clone().oneshot(get(url));
+            async move { request.await.map(|r| r.status()) }
+        }))
+    };
+    assert!(round().await.iter().all(|s| *s.as_ref().unwrap() == 200));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    github.revoke_all_tokens();
+    assert!(round().await.iter().all(|s| *s.as_ref().unwrap() == 200));
+    assert_eq!(github.mint_count(), 20);
+    // 70 minutes of requests, one a minute per installation: every entry refreshed once, none evicted.
+    for _ in 0..70 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(round().await.iter().all(|s| *s.as_ref().unwrap() == 200));
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.idle_evictions, stats.refreshes, github.mint_count()), (0, 10, 30), "{stats:?}");
+}

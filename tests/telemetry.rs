@@ -113,7 +113,7 @@ async fn counters_histograms_and_spans() {
             assert_eq!(service.clone().oneshot(get(url)).await.unwrap().status(), 200);
         }
     }
-    assert_eq!(github.mint_count(), 9);
+    assert_eq!(github.mint_count(), 9, "{:?} {:?}", github.mint_log(), pool.stats());
 
     let values = snapshot(&snapshotter);
     let names: Vec<&String> = values.keys().collect();

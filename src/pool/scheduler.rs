@@ -296,6 +296,12 @@ async fn run(guard: Running, wake: Arc<Notify>) {
             pool.scheduler.take(second, &queued);
             continue;
         }
+        if slot.flight().try_lock().is_err() {
+            // A mint for it is under way (a refresh, or a request's): it queues the next refresh itself. (Not
+            // idle either: the refresh cleared `used`, and no request may have come since.)
+            pool.scheduler.take(second, &queued);
+            continue;
+        }
         if !slot.used.load(Ordering::Relaxed) && slot.current.load().is_some() {
             // Nobody used it since its token arrived: let it go rather than keep it warm.
             pool.scheduler.take(second, &queued);
@@ -314,7 +320,8 @@ async fn run(guard: Running, wake: Arc<Notify>) {
         if !pool.scheduler.is_live(generation) || !pool.scheduler.take(second, &queued) {
             continue;
         }
-        slot.used.store(false, Ordering::Relaxed);
+        // (`used` is cleared when the new token arrives, not here: until then the entry is as used as it was, and
+        // a stale refresh firing meanwhile must not find it idle.)
         let requeue = super::Requeue::new(&pool, &slot);
         drop(tokio::spawn(super::refresh(pool, slot, permit, requeue)));
     }

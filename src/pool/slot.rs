@@ -207,9 +207,13 @@ impl Slot {
             .any(|token| token.load().as_ref().is_some_and(|token| token.serial == serial))
     }
 
-    /// When its current token must be replaced, if it has one.
+    /// When its newest token must be replaced, if it has one: the refreshed token waiting out its replication
+    /// grace, else the current one. (A refresh queued for an older token that fires during the grace is stale,
+    /// not due: its slot was just refreshed, and is not idle for being unused in those seconds.)
     pub(crate) fn refresh_at(&self) -> Option<Instant> {
-        self.current.load().as_ref().map(|token| token.refresh_at())
+        let pending = self.pending.load();
+        let current = self.current.load();
+        pending.as_ref().or(current.as_ref()).map(|token| token.refresh_at())
     }
 }
 
